@@ -1,0 +1,76 @@
+"""``flax-dsconv``: ``parity`` (the main job) and ``summary``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _parity(args: argparse.Namespace) -> int:
+    from flax_dsconv import parity
+
+    cases = parity.default_cases()
+    if args.models:
+        unknown = set(args.models) - {c.label for c in cases}
+        if unknown:
+            print(f"unknown models {sorted(unknown)}; known: {[c.label for c in cases]}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.label in args.models]
+    results = []
+    for case in cases:
+        results.append(parity.check(case))
+        if not args.json:
+            print(f"  checked {case.label} ({case.source})", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps([{**r.__dict__, "ok": r.ok} for r in results], indent=2))
+    else:
+        print(parity.format_table(results))
+    failed = [r.label for r in results if not r.ok]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from flax_dsconv import mobilenet
+    from flax_dsconv.counting import summary
+
+    kwargs = {"width_multiplier": args.width, "num_classes": args.num_classes}
+    if args.full_conv:
+        if args.arch != "mobilenet_v1":
+            print("--full-conv applies to mobilenet_v1 only", file=sys.stderr)
+            return 2
+        kwargs["separable"] = False
+    model = mobilenet.BUILDERS[args.arch](**kwargs)
+    print(f"{args.arch}  width {args.width}  resolution {args.resolution}" + ("  (full convolution)" if args.full_conv else ""))
+    print(summary(model, (1, args.resolution, args.resolution, 3)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flax-dsconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("parity", help="convert every supported torch model and compare outputs with PyTorch")
+    p.add_argument("--models", nargs="+", metavar="LABEL", help="check only these rows")
+    p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.set_defaults(func=_parity)
+
+    from flax_dsconv.mobilenet import BUILDERS
+
+    s = sub.add_parser("summary", help="per-layer parameters and mult-adds")
+    s.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
+    s.add_argument("--width", type=float, default=1.0, help="width multiplier α")
+    s.add_argument("--resolution", type=int, default=224, help="input height and width")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--full-conv", action="store_true", help="MobileNetV1 with full 3x3 convs (paper, Table 4)")
+    s.set_defaults(func=_summary)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

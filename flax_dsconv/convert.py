@@ -1,0 +1,620 @@
+"""PyTorch ↔ Flax weight conversion, strict in both directions.
+
+How it works: the Flax module is built first (from a torch module's own structure, or from a torch
+skeleton built with the user's ``arch``/config when only a state_dict is given). Its abstract variables
+give a *plan*: for every Flax leaf, the torch key, the torch shape and one layout rule
+(``conv`` HWIO↔OIHW, ``linear`` (in,out)↔(out,in), ``conv_as_linear`` for a 1x1 conv that torch holds
+as ``nn.Linear``, ``vector``). Module names map to torch prefixes by one rule per source: timm and
+torch_ref use the same names as Flax (``blocks_1_0`` ↔ ``blocks.1.0``); torchvision and the seed's
+``DSConv`` have explicit maps. Every missing, unexpected and mis-shaped key is reported in one error,
+and nothing is returned half-loaded. ``num_batches_tracked`` is the only key ignored.
+
+torch is imported inside the functions that need it, so ``import flax_dsconv`` works without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv
+from flax_dsconv.mobilenet import BlockConfig, MobileNet, MobileNetConfig, mobilenet_v1
+
+if TYPE_CHECKING:
+    import torch
+
+SOURCES = ("torch_ref", "timm", "torchvision")
+TORCH_REF_ARCHS = ("dsconv", "depthwise_separable", "mobilenet_v1")
+TIMM_PREFIXES = ("mobilenetv1_", "mobilenetv2_", "mobilenetv3_", "tf_mobilenetv3_")
+TORCHVISION_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+
+Variables = dict[str, Any]
+StateDict = Mapping[str, Any]
+
+
+class ConversionError(ValueError):
+    """A checkpoint or module that does not fit the architecture; the message lists every problem."""
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+_LEAF_NAMES = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+_TO_TORCH: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "conv": lambda k: k.transpose(3, 2, 0, 1),
+    "linear": lambda k: k.T,
+    "conv_as_linear": lambda k: k[0, 0].T,
+    "vector": lambda k: k,
+}
+_TO_FLAX: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "conv": lambda w: w.transpose(2, 3, 1, 0),
+    "linear": lambda w: w.T,
+    "conv_as_linear": lambda w: w.T[None, None],
+    "vector": lambda w: w,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    flax_key: tuple[str, ...]
+    torch_key: str
+    torch_shape: tuple[int, ...]
+    layout: str
+
+
+# A name map takes a Flax module path (without collection and leaf) and returns the torch prefix
+# and whether torch holds that layer as nn.Linear.
+NameMap = Callable[[tuple[str, ...]], tuple[str, bool]]
+
+
+def _dotted(path: tuple[str, ...]) -> tuple[str, bool]:
+    """timm/torch_ref rule: same names, with Flax's ``blocks_1_0`` spelling torch's ``blocks.1.0``."""
+    parts = []
+    for segment in path:
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*?(?:_[A-Za-z][A-Za-z0-9]*)*)((?:_\d+)+)", segment)
+        parts.extend([m.group(1), *m.group(2)[1:].split("_")] if m else [segment])
+    return ".".join(parts), False
+
+
+_SEED_NAMES = {"conv_dw": "0", "bn1": "1", "conv_pw": "3", "bn2": "4"}
+
+
+def _seed(path: tuple[str, ...]) -> tuple[str, bool]:
+    return f"depthwise_sep_conv.{_SEED_NAMES[path[0]]}", False
+
+
+# torchvision MobileNetV2 block internals: Sequential positions of each Flax sub-module.
+_TV_V2_DS = {"conv_dw": "0.0", "bn1": "0.1", "conv_pw": "1", "bn2": "2"}
+_TV_V2_IR = {"conv_pw": "0.0", "bn1": "0.1", "conv_dw": "1.0", "bn2": "1.1", "conv_pwl": "2", "bn3": "3"}
+
+
+def _torchvision_names(config: MobileNetConfig) -> NameMap:
+    """torchvision's layout: ``features.{i}`` per block, Sequential positions inside each."""
+    v3 = config.head == "post_pool"
+    names: dict[tuple[str, ...], tuple[str, bool]] = {
+        ("conv_stem",): ("features.0.0", False),
+        ("bn1",): ("features.0.1", False),
+    }
+    blocks = [(f"blocks_{s}_{i}", b) for s, stage in enumerate(config.stages) for i, b in enumerate(stage)]
+    for idx, (f, b) in enumerate(blocks, start=1):
+        p = f"features.{idx}"
+        if b.kind == "conv":
+            names[(f, "conv")] = (f"{p}.0", False)
+            names[(f, "bn1")] = (f"{p}.1", False)
+            continue
+        ir = b.kind == "ir"
+        if v3:
+            seq: list[Any] = [("conv_pw", "bn1")] if ir else []
+            seq.append(("conv_dw", "bn2" if ir else "bn1"))
+            if b.se_channels:
+                seq.append("se")
+            seq.append(("conv_pwl", "bn3") if ir else ("conv_pw", "bn2"))
+            for j, item in enumerate(seq):
+                if item == "se":
+                    names[(f, "se", "conv_reduce")] = (f"{p}.block.{j}.fc1", False)
+                    names[(f, "se", "conv_expand")] = (f"{p}.block.{j}.fc2", False)
+                else:
+                    names[(f, item[0])] = (f"{p}.block.{j}.0", False)
+                    names[(f, item[1])] = (f"{p}.block.{j}.1", False)
+        else:
+            for name, pos in (_TV_V2_IR if ir else _TV_V2_DS).items():
+                names[(f, name)] = (f"{p}.conv.{pos}", False)
+    if v3:
+        names[("conv_head",)] = ("classifier.0", True)
+        names[("classifier",)] = ("classifier.3", False)
+    else:
+        names[("conv_head",)] = (f"features.{len(blocks) + 1}.0", False)
+        names[("bn2",)] = (f"features.{len(blocks) + 1}.1", False)
+        names[("classifier",)] = ("classifier.1", False)
+
+    def lookup(path: tuple[str, ...]) -> tuple[str, bool]:
+        if path not in names:
+            raise ConversionError(f"torchvision has no layer for Flax module {'/'.join(path)}")
+        return names[path]
+
+    return lookup
+
+
+def _plan(abstract: Variables, name_map: NameMap) -> list[_Entry]:
+    entries = []
+    for key, leaf in traverse_util.flatten_dict(abstract).items():
+        collection, *path, leaf_name = key
+        if (collection, leaf_name) not in _LEAF_NAMES:
+            raise ConversionError(f"no torch counterpart for Flax variable {'/'.join(key)}")
+        prefix, linear = name_map(tuple(path))
+        if leaf_name != "kernel":
+            layout = "vector"
+        elif len(leaf.shape) == 2:
+            layout = "linear"
+        else:
+            layout = "conv_as_linear" if linear else "conv"
+        torch_shape = _TO_TORCH[layout](np.empty(leaf.shape, np.bool_)).shape
+        entries.append(_Entry(key, f"{prefix}.{_LEAF_NAMES[(collection, leaf_name)]}", torch_shape, layout))
+    return entries
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _abstract_variables(module: nn.Module, in_channels: int) -> Variables:
+    x = jax.ShapeDtypeStruct((1, 64, 64, in_channels), jnp.float32)
+    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
+
+
+def _to_numpy(value: Any, key: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy twin
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ConversionError(f"{key}: expected a floating-point tensor, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_keys(entries: list[_Entry], state_dict: StateDict, what: str) -> None:
+    expected = {e.torch_key: e.torch_shape for e in entries}
+    given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    mismatched = sorted(k for k in expected.keys() & given.keys() if expected[k] != given[k])
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"state_dict does not fit {what}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}):")
+        lines += [f"    {k}: checkpoint {given[k]}, expected {expected[k]}" for k in mismatched]
+    raise ConversionError("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.safetensors`` (no torch needed) or ``.pth``/``.pt``/``.bin`` file into a state_dict.
+
+    Torch files are read with ``torch.load(weights_only=True)``: never a full unpickle. A checkpoint that
+    wraps its weights (``{'state_dict': ...}``, ``{'model': ...}``) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            obj: Any = load_file(path)
+        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ConversionError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pth, .pt or .bin")
+    except ConversionError:
+        raise
+    except Exception as e:  # torch and safetensors raise assorted errors for corrupt files
+        raise ConversionError(f"could not read checkpoint {path} (truncated or not a checkpoint?): {e}") from e
+    return _unwrap(obj, str(path))
+
+
+def _unwrap(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+    if all(hasattr(v, "shape") for v in obj.values()):
+        return dict(obj)
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj.get(wrapper), Mapping):
+            return _unwrap(obj[wrapper], f"{where}[{wrapper!r}]")
+    raise ConversionError(f"{where}: no state_dict found; top-level keys are {sorted(obj)[:10]}")
+
+
+# ------------------------------------------------------------------------------------------ torch → config
+
+
+def _bn_flax(bn: Any, where: str) -> BatchNormConfig:
+    if bn.momentum is None:
+        raise ConversionError(f"{where}: BatchNorm momentum=None (cumulative average) has no Flax equivalent")
+    return BatchNormConfig(momentum=1.0 - bn.momentum, epsilon=bn.eps)
+
+
+_ACT_CLASSES = {
+    "ReLU": "relu",
+    "ReLU6": "relu6",
+    "Hardswish": "hard_swish",
+    "HardSwish": "hard_swish",
+    "HardSwishMe": "hard_swish",
+    "Hardsigmoid": "hard_sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSigmoidMe": "hard_sigmoid",
+    "SiLU": "silu",
+    "Swish": "silu",
+    "Sigmoid": "sigmoid",
+    "Identity": "identity",
+}
+
+
+def _act_name(module: Any, where: str) -> str:
+    name = type(module).__name__
+    if name not in _ACT_CLASSES:
+        raise ConversionError(f"{where}: unsupported activation {name}; supported: {sorted(_ACT_CLASSES)}")
+    return _ACT_CLASSES[name]
+
+
+class _TorchReader:
+    """Reads convs, norms and activations off a torch model, checking they fit one Flax config."""
+
+    def __init__(self) -> None:
+        self.norms: set[BatchNormConfig] = set()
+        self.paddings: set[str] = set()
+
+    def conv(self, conv: Any, where: str) -> dict[str, Any]:
+        k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+        if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
+            raise ConversionError(f"{where}: non-square kernels/strides are not supported: {conv}")
+        if type(conv).__name__ == "Conv2dSame" or conv.padding == "same":
+            self.paddings.add("SAME")
+        elif tuple(conv.padding) != (d * (k - 1) // 2,) * 2:
+            raise ConversionError(f"{where}: padding {conv.padding} is neither symmetric 'torch' nor TF 'SAME'")
+        elif s > 1:
+            self.paddings.add("torch")
+        return dict(out=conv.out_channels, k=k, s=s, d=d, groups=conv.groups, bias=conv.bias is not None)
+
+    def bn(self, bn: Any, where: str) -> None:
+        self.norms.add(_bn_flax(bn, where))
+
+    def padding(self) -> str:
+        if len(self.paddings) > 1:
+            raise ConversionError(f"model mixes TF 'SAME' and torch padding on strided convs: {self.paddings}")
+        return next(iter(self.paddings), "torch")
+
+    def norm(self) -> BatchNormConfig:
+        if len(self.norms) != 1:
+            raise ConversionError(f"expected one BatchNorm setting across the model, found {self.norms}")
+        return next(iter(self.norms))
+
+
+def _timm_config(model: Any) -> MobileNetConfig:
+    r = _TorchReader()
+    kind = type(model).__name__
+    if kind not in ("EfficientNet", "MobileNetV3"):
+        raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3")
+    stem = r.conv(model.conv_stem, "conv_stem")
+    r.bn(model.bn1, "bn1")
+    stages = []
+    for s, stage in enumerate(model.blocks):
+        blocks = []
+        for i, blk in enumerate(stage):
+            where = f"blocks.{s}.{i}"
+            name = type(blk).__name__
+            se: dict[str, Any] = {}
+            if getattr(blk, "se", None) is not None and type(blk.se).__name__ != "Identity":
+                se = dict(se_channels=blk.se.conv_reduce.out_channels, se_act=_act_name(blk.se.act1, where + ".se"),
+                          se_gate=_act_name(blk.se.gate, where + ".se"))  # fmt: skip
+            if name == "DepthwiseSeparableConv":
+                dw, pw = r.conv(blk.conv_dw, where), r.conv(blk.conv_pw, where)
+                r.bn(blk.bn1, where), r.bn(blk.bn2, where)
+                act, pw_act = _act_name(blk.bn1.act, where), _act_name(blk.bn2.act, where)
+                if pw_act not in ("identity", act):
+                    raise ConversionError(f"{where}: pointwise activation {pw_act} differs from {act}")
+                block = BlockConfig("ds", pw["out"], dw["k"], dw["s"], dw["d"], act=act, pw_act=pw_act != "identity",
+                                    skip=blk.has_skip, **se)  # fmt: skip
+            elif name == "InvertedResidual":
+                pw, dw, pwl = r.conv(blk.conv_pw, where), r.conv(blk.conv_dw, where), r.conv(blk.conv_pwl, where)
+                for bn in (blk.bn1, blk.bn2, blk.bn3):
+                    r.bn(bn, where)
+                act = _act_name(blk.bn1.act, where)
+                block = BlockConfig("ir", pwl["out"], dw["k"], dw["s"], dw["d"], pw["out"], act=act, skip=blk.has_skip,
+                                    **se)  # fmt: skip
+            elif name == "ConvBnAct":
+                conv = r.conv(blk.conv, where)
+                r.bn(blk.bn1, where)
+                block = BlockConfig("conv", conv["out"], conv["k"], conv["s"], conv["d"], 0, 0,
+                                    _act_name(blk.bn1.act, where), False, blk.has_skip)  # fmt: skip
+            else:
+                raise ConversionError(f"{where}: unsupported timm block {name}")
+            blocks.append(block)
+        stages.append(tuple(blocks))
+
+    head, head_channels, head_act, head_bias = "none", 0, "relu", False
+    if type(model.conv_head).__name__ != "Identity":
+        h = r.conv(model.conv_head, "conv_head")
+        head_channels, head_bias = h["out"], h["bias"]
+        if kind == "EfficientNet":
+            r.bn(model.bn2, "bn2")
+            head, head_act = "pre_pool", _act_name(model.bn2.act, "bn2")
+        else:
+            if type(model.norm_head).__name__ != "Identity":
+                raise ConversionError("timm norm_head after pooling is not supported")
+            head, head_act = "post_pool", _act_name(model.act2, "act2")
+    if getattr(model.global_pool, "pool_type", "avg") != "avg":
+        raise ConversionError(f"only average pooling is supported, got {model.global_pool}")
+    classifier = model.classifier
+    return MobileNetConfig(
+        stages=tuple(stages),
+        stem_channels=stem["out"],
+        stem_kernel=stem["k"],
+        stem_stride=stem["s"],
+        stem_act=_act_name(model.bn1.act, "bn1"),
+        head=head,
+        head_channels=head_channels,
+        head_act=head_act,
+        head_bias=head_bias,
+        num_classes=getattr(classifier, "out_features", 0),
+        dropout=float(model.drop_rate),
+        in_channels=model.conv_stem.in_channels,
+        padding=r.padding(),
+        norm=r.norm(),
+    )
+
+
+def _cna(r: _TorchReader, seq: Any, where: str) -> tuple[dict[str, Any], str]:
+    """torchvision's Conv2dNormActivation: (conv, bn[, act])."""
+    conv = r.conv(seq[0], where)
+    r.bn(seq[1], where)
+    return conv, _act_name(seq[2], where) if len(seq) > 2 else "identity"
+
+
+def _torchvision_config(model: Any) -> MobileNetConfig:
+    r = _TorchReader()
+    v3 = type(model).__name__ == "MobileNetV3"
+    if type(model).__name__ not in ("MobileNetV2", "MobileNetV3"):
+        raise ConversionError(f"unsupported torchvision model class {type(model).__name__}")
+    feats = list(model.features)
+    stem, stem_act = _cna(r, feats[0], "features.0")
+    flat: list[BlockConfig] = []
+    for idx, blk in enumerate(feats[1:-1], start=1):
+        where = f"features.{idx}"
+        layers = list(blk.block if v3 else blk.conv)
+        if not v3:  # V2 ends in a bare conv + bn; view it as one (conv, bn) pair
+            layers = layers[:-2] + [[layers[-2], layers[-1]]]
+        se: dict[str, Any] = {}
+        convs = []
+        for layer in layers:
+            if type(layer).__name__ == "SqueezeExcitation":
+                se = dict(se_channels=layer.fc1.out_channels, se_act=_act_name(layer.activation, where),
+                          se_gate=_act_name(layer.scale_activation, where))  # fmt: skip
+            else:
+                convs.append(_cna(r, layer, where))
+        *expand, (dw, act), (pwl, _) = convs
+        if expand:
+            flat.append(BlockConfig("ir", pwl["out"], dw["k"], dw["s"], dw["d"], expand[0][0]["out"], act=act,
+                                    skip=blk.use_res_connect, **se))  # fmt: skip
+        else:
+            flat.append(BlockConfig("ds", pwl["out"], dw["k"], dw["s"], dw["d"], act=act, skip=blk.use_res_connect,
+                                    **se))  # fmt: skip
+    last, last_act = _cna(r, feats[-1], f"features.{len(feats) - 1}")
+    cls = list(model.classifier)
+    if v3:
+        flat.append(BlockConfig("conv", last["out"], last["k"], act=last_act))
+        head = dict(head="post_pool", head_channels=cls[0].out_features, head_act=_act_name(cls[1], "classifier.1"),
+                    head_bias=cls[0].bias is not None, num_classes=cls[3].out_features, dropout=cls[2].p)  # fmt: skip
+    else:
+        head = dict(head="pre_pool", head_channels=last["out"], head_act=last_act,
+                    num_classes=cls[1].out_features, dropout=cls[0].p)  # fmt: skip
+    return MobileNetConfig(
+        stages=_group_stages(flat),
+        stem_channels=stem["out"],
+        stem_kernel=stem["k"],
+        stem_stride=stem["s"],
+        stem_act=stem_act,
+        in_channels=feats[0][0].in_channels,
+        padding=r.padding(),
+        norm=r.norm(),
+        **head,
+    )
+
+
+def _group_stages(blocks: list[BlockConfig]) -> tuple[tuple[BlockConfig, ...], ...]:
+    """Group a flat block list into stages, a new one at each stride > 1, width or kind change."""
+    stages: list[list[BlockConfig]] = []
+    for b in blocks:
+        prev = stages[-1][-1] if stages else None
+        if prev is None or b.stride > 1 or b.out_channels != prev.out_channels or (b.kind == "conv") != (prev.kind == "conv"):
+            stages.append([])
+        stages[-1].append(b)
+    return tuple(tuple(s) for s in stages)
+
+
+# ------------------------------------------------------------------------------------------ identify
+
+
+@dataclasses.dataclass(frozen=True)
+class _Described:
+    arch: str
+    source: str
+    module: nn.Module
+    in_channels: int
+    name_map: NameMap
+
+
+def _describe(model: Any) -> _Described:
+    """Infer arch, source and the equivalent Flax module from a torch module."""
+    cls = type(model)
+    origin = cls.__module__.split(".")[0]
+    if origin == "torch_ref":
+        cfg = model.config
+        if cls.__name__ == "DSConv":
+            flax = seed_dsconv(cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"])
+            return _Described("dsconv", "torch_ref", flax, cfg["in_channels"], _seed)
+        bn = dict(bn_momentum=1.0 - cfg["bn_momentum"], bn_epsilon=cfg["bn_eps"])
+        if cls.__name__ == "DepthwiseSeparableConv":
+            flax = DepthwiseSeparableConv(
+                cfg["out_channels"], cfg["kernel_size"], cfg["stride"], act=cfg["act"],
+                norm=BatchNormConfig(bn["bn_momentum"], bn["bn_epsilon"]),
+            )  # fmt: skip
+            return _Described("depthwise_separable", "torch_ref", flax, cfg["in_channels"], _dotted)
+        if cls.__name__ == "MobileNetV1":
+            kw = {k: v for k, v in cfg.items() if k not in ("bn_momentum", "bn_eps")}
+            flax = mobilenet_v1(**kw, **bn)
+            return _Described("mobilenet_v1", "torch_ref", flax, cfg["in_channels"], _dotted)
+    elif origin == "timm":
+        config = _timm_config(model)
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture", cls.__name__)
+        return _Described(arch, "timm", MobileNet(config), config.in_channels, _dotted)
+    elif origin == "torchvision":
+        config = _torchvision_config(model)
+        v3 = cls.__name__ == "MobileNetV3"
+        arch = "mobilenet_v2" if not v3 else "mobilenet_v3_large" if len(model.features) > 14 else "mobilenet_v3_small"
+        return _Described(arch, "torchvision", MobileNet(config), config.in_channels, _torchvision_names(config))
+    raise ConversionError(
+        f"cannot convert {cls.__module__}.{cls.__name__}: expected a torch_ref, timm or torchvision MobileNet"
+    )
+
+
+def _skeleton(arch: str | None, source: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
+    """Build the torch model a bare state_dict claims to be, to read its structure."""
+    if source not in SOURCES:
+        raise ConversionError(f"a state_dict needs source= one of {SOURCES}, got {source!r}")
+    if source == "torch_ref":
+        import torch_ref
+
+        classes = {"dsconv": torch_ref.DSConv, "depthwise_separable": torch_ref.DepthwiseSeparableConv,
+                   "mobilenet_v1": torch_ref.MobileNetV1}  # fmt: skip
+        if arch not in classes:
+            raise ConversionError(f"torch_ref has no arch {arch!r}; expected one of {TORCH_REF_ARCHS}")
+        if arch in ("dsconv", "depthwise_separable"):
+            dw, pw = ("depthwise_sep_conv.0.weight", "depthwise_sep_conv.3.weight") if arch == "dsconv" else (
+                "conv_dw.weight", "conv_pw.weight")  # fmt: skip
+            # Channels and kernel size are in the weights; stride and padding are not.
+            if dw in state_dict and pw in state_dict:
+                config = {"in_channels": state_dict[dw].shape[0], "out_channels": state_dict[pw].shape[0],
+                          "kernel_size": state_dict[dw].shape[-1], **config}  # fmt: skip
+            elif "in_channels" not in config or "out_channels" not in config:
+                raise ConversionError(f"state_dict has no {dw!r}/{pw!r}: not a {arch} checkpoint?")
+        return classes[arch](**config)
+    if source == "timm":
+        import timm
+
+        if not arch or not arch.startswith(TIMM_PREFIXES):
+            raise ConversionError(f"timm arch must be a MobileNet model name ({', '.join(TIMM_PREFIXES)}...), got {arch!r}")
+        return timm.create_model(arch, pretrained=False, **config)
+    import torchvision
+
+    if arch not in TORCHVISION_ARCHS:
+        raise ConversionError(f"torchvision arch must be one of {TORCHVISION_ARCHS}, got {arch!r}")
+    return getattr(torchvision.models, arch)(weights=None, **config)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def from_torch(
+    src: Any,
+    *,
+    arch: str | None = None,
+    source: str | None = None,
+    **config: Any,
+) -> tuple[nn.Module, Variables]:
+    """Convert PyTorch weights into ``(flax_module, {'params', 'batch_stats'})``.
+
+    ``src`` is a ``torch.nn.Module`` (arch, source and config are read off it), a state_dict, or a path to
+    a ``.safetensors``/``.pth``/``.pt``/``.bin`` file. For a state_dict or file, name the ``source``
+    (``'torch_ref'``, ``'timm'``, ``'torchvision'``), the ``arch`` (``'dsconv'``/``'mobilenet_v1'`` for
+    torch_ref, a timm model name such as ``'mobilenetv3_large_100'``, or a torchvision builder name) and any
+    non-default constructor arguments of that torch model (``width_mult=0.75``, ``num_classes=10``...).
+
+    Raises :class:`ConversionError` listing every missing, unexpected and mis-shaped key.
+
+    >>> model, variables = from_torch(torchvision.models.mobilenet_v3_small())
+    >>> logits = jax.jit(model.apply)(variables, images_nhwc)
+    """
+    if isinstance(src, (str, os.PathLike)):
+        src = load_state_dict(src)
+    if isinstance(src, Mapping):
+        state_dict = src
+        torch_model = _skeleton(arch, source, state_dict, config)
+    else:
+        if config:
+            raise TypeError(f"from a torch module everything is inferred; unexpected arguments {sorted(config)}")
+        torch_model, state_dict = src, src.state_dict()
+    described = _describe(torch_model)
+    if source is not None and source != described.source:
+        raise ConversionError(f"source={source!r} but the module is a {described.source} model")
+    if arch is not None and not isinstance(src, Mapping) and arch != described.arch:
+        raise ConversionError(f"arch={arch!r} but the module is {described.arch!r}")
+    entries = _plan(_abstract_variables(described.module, described.in_channels), described.name_map)
+    _check_keys(entries, state_dict, f"{described.source} {described.arch}")
+    flat = {}
+    for e in entries:
+        arr = _TO_FLAX[e.layout](_to_numpy(state_dict[e.torch_key], e.torch_key))
+        flat[e.flax_key] = jnp.asarray(arr, dtype=jnp.float32)
+    return described.module, traverse_util.unflatten_dict(flat)
+
+
+def _name_map_for(module: nn.Module, source: str, arch: str | None) -> NameMap:
+    if source not in SOURCES:
+        raise ConversionError(f"source must be one of {SOURCES}, got {source!r}")
+    if isinstance(module, MobileNet):
+        if source == "torchvision":
+            return _torchvision_names(module.config)
+        return _dotted
+    if isinstance(module, DepthwiseSeparableConv) and source == "torch_ref":
+        seed = arch == "dsconv" or (arch is None and module.use_bias and module.pointwise_padding == 1)
+        return _seed if seed else _dotted
+    raise ConversionError(f"no {source} layout for {type(module).__name__}")
+
+
+def to_torch_state_dict(
+    module: nn.Module, variables: Variables, *, source: str, arch: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Export Flax variables as a state_dict that the matching torch model loads with ``strict=True``.
+
+    ``source`` picks the torch layout (``'torch_ref'``, ``'timm'``, ``'torchvision'``). For a
+    :class:`DepthwiseSeparableConv`, ``arch='dsconv'`` selects the seed's ``DSConv`` keys (the default when
+    the block is :func:`seed_dsconv`-shaped). BatchNorms get ``num_batches_tracked = 0``.
+    """
+    import torch
+
+    name_map = _name_map_for(module, source, arch)
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    entries = _plan(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables), name_map)
+    flat = traverse_util.flatten_dict(variables)
+    out: dict[str, torch.Tensor] = {}
+    for e in entries:
+        arr = np.asarray(flat[e.flax_key], dtype=np.float32)
+        out[e.torch_key] = torch.from_numpy(np.array(_TO_TORCH[e.layout](arr), copy=True))
+        if e.torch_key.endswith(".running_var"):
+            out[e.torch_key[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return out

@@ -1,0 +1,394 @@
+"""Layers: depthwise and pointwise convs, a torch-faithful BatchNorm, and the depthwise separable block.
+
+Everything is NHWC with Flax's kernel layout ``(kh, kw, in // groups, out)``, so the weights are plain
+Flax params. Sub-module names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``) are the conversion keys:
+they mirror timm's attribute names and never depend on Flax's automatic naming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+
+from flax_dsconv.padding import PaddingLike, resolve_padding
+
+Array = jax.Array
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "relu6": nn.relu6,
+    "hard_swish": nn.hard_swish,
+    "hard_sigmoid": nn.hard_sigmoid,
+    "sigmoid": nn.sigmoid,
+    "silu": nn.silu,
+    "identity": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation function registered under ``name`` (names keep configs JSON-serialisable)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+# torchvision's MobileNet init: He-normal over fan-out for convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    if len(t) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def check_nhwc(x: Array, channels: int | None, where: str) -> None:
+    """Reject what would otherwise be silently wrong: non-4-D, non-float or mis-laid-out input."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{where}: expected a 4-D NHWC input (batch, height, width, channels), got shape {tuple(x.shape)}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: expected a floating-point input, got dtype {x.dtype}; "
+            "convert images first, e.g. x.astype(jnp.float32) / 255"
+        )
+    if channels is not None and x.shape[-1] != channels:
+        hint = " — NCHW?" if x.shape[1] == channels else ""
+        raise ValueError(
+            f"{where}: expected NHWC input with {channels} channels in the last axis, "
+            f"got shape {tuple(x.shape)}{hint}"
+        )
+
+
+def _existing_kernel_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """Shape of the module's bound kernel, or None while initialising."""
+    if not module.has_variable("params", "kernel"):
+        return None
+    return module.get_variable("params", "kernel").shape
+
+
+def _where(module: nn.Module) -> str:
+    return f"{type(module).__name__} '{'/'.join(module.scope.path)}'"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormConfig:
+    """BatchNorm settings shared by every norm in a model.
+
+    ``momentum`` uses Flax's convention (``ra = momentum * ra + (1 - momentum) * batch``): PyTorch's
+    ``momentum=0.1`` is ``0.9`` here, torchvision MobileNetV3's ``0.01`` is ``0.99``.
+    ``torch_running_var=True`` updates the running variance with the unbiased batch variance as
+    PyTorch does; ``False`` keeps ``flax.linen.BatchNorm``'s biased update.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    torch_running_var: bool = True
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with PyTorch's train-mode semantics available.
+
+    Variables are named as in ``flax.linen.BatchNorm`` (params ``scale``/``bias``, batch_stats
+    ``mean``/``var``). Normalisation uses the biased batch variance in both frameworks; PyTorch updates
+    ``running_var`` with the unbiased one (``n / (n - 1)``), which ``torch_running_var`` reproduces.
+    Statistics are computed in float32 whatever ``dtype`` is. Under ``jit`` with a batch sharded over
+    devices, the means are global (synchronised BN); under ``shard_map``/``pmap`` name the axis.
+
+    >>> bn = BatchNorm(use_running_average=False)
+    >>> y, updates = bn.apply(bn.init(key, x), x, mutable=["batch_stats"])
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    torch_running_var: bool = True
+    axis_name: str | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+
+        if use_ra:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            n = math.prod(x.shape[:-1])
+            if self.axis_name is not None:
+                n *= jax.lax.axis_size(self.axis_name)
+            if n < 2:
+                raise ValueError(
+                    f"BatchNorm in train mode needs more than 1 value per channel, got input shape "
+                    f"{tuple(x.shape)} (PyTorch raises here too)"
+                )
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity.
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                update = var * (n / (n - 1)) if self.torch_running_var else var
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * update
+
+        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        y = (x.astype(jnp.float32) - mean) * mul + bias.astype(jnp.float32)
+        return y.astype(self.dtype or x.dtype)
+
+    @classmethod
+    def partial(cls, config: BatchNormConfig, **kwargs: Any) -> Callable[..., BatchNorm]:
+        """A constructor with ``config`` and ``kwargs`` bound; call it with ``name=...`` per norm."""
+        return functools.partial(cls, **dataclasses.asdict(config), **kwargs)
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution: one ``kernel_size`` filter per input channel (times ``depth_multiplier``).
+
+    Kernel shape ``(kh, kw, 1, C * depth_multiplier)``, ``feature_group_count = C``; output channel
+    ``c * m + j`` comes from input channel ``c``, as in PyTorch's ``groups=C`` conv. Padding defaults to
+    PyTorch's symmetric rule; ``'SAME'`` is TF's (see :mod:`flax_dsconv.padding`).
+
+    >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
+    >>> y.shape
+    (1, 32, 32, 32)
+    """
+
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "torch"
+    dilation: int | Sequence[int] = 1
+    depth_multiplier: int = 1
+    use_bias: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = conv_kernel_init
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        bound = _existing_kernel_shape(self)
+        check_nhwc(x, None if bound is None else bound[-1] // self.depth_multiplier, _where(self))
+        channels = x.shape[-1]
+        kernel_size, dilation = _pair(self.kernel_size), _pair(self.dilation)
+        features = channels * self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, 1, features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=_pair(self.strides),
+            padding=resolve_padding(self.padding, kernel_size, dilation),
+            rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+            precision=self.precision,
+        )
+        return y if bias is None else y + bias
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution as a channel contraction (``dot_general``), kernel ``(1, 1, in, out)``.
+
+    ``strides`` subsamples and an integer ``padding`` zero-pads first, exactly as
+    ``nn.Conv2d(kernel_size=1, stride=s, padding=p)`` does (the seed's ``DSConv`` uses ``padding=1``).
+
+    >>> PointwiseConv(128).init_with_output(key, jnp.ones((1, 64, 64, 32)))[0].shape
+    (1, 64, 64, 128)
+    """
+
+    features: int
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = 0
+    use_bias: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = conv_kernel_init
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        bound = _existing_kernel_shape(self)
+        check_nhwc(x, None if bound is None else bound[-2], _where(self))
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pads = resolve_padding(self.padding, (1, 1), (1, 1))
+        if not isinstance(pads, str) and any(p for pair in pads for p in pair):
+            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        sh, sw = _pair(self.strides)
+        if (sh, sw) != (1, 1):
+            x = x[:, ::sh, ::sw, :]
+        y = jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=self.precision)
+        return y if bias is None else y + bias
+
+
+def full_conv(
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    padding: PaddingLike = "torch",
+    dilation: int = 1,
+    *,
+    use_bias: bool = False,
+    dtype: Dtype | None = None,
+    name: str | None = None,
+) -> nn.Conv:
+    """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes."""
+    kernel, dil = _pair(kernel_size), _pair(dilation)
+    return nn.Conv(
+        features,
+        kernel,
+        strides=_pair(strides),
+        padding=resolve_padding(padding, kernel, dil),
+        kernel_dilation=dil,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=conv_kernel_init,
+        name=name,
+    )
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: global mean → 1x1 reduce → act → 1x1 expand → gate, times the input.
+
+    Names follow timm (``conv_reduce``, ``conv_expand``); both 1x1 convs carry a bias, as in torchvision
+    (``fc1``/``fc2``) and timm. MobileNetV3 gates with ``hard_sigmoid``.
+    """
+
+    reduced_channels: int
+    act: str = "relu"
+    gate: str = "hard_sigmoid"
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = PointwiseConv(self.reduced_channels, use_bias=True, dtype=self.dtype, name="conv_reduce")(s)
+        s = activation(self.act)(s)
+        s = PointwiseConv(x.shape[-1], use_bias=True, dtype=self.dtype, name="conv_expand")(s)
+        return x * activation(self.gate)(s)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise separable convolution (MobileNet, Howard et al. 2017, Fig. 3).
+
+    ``conv_dw`` (k x k depthwise, stride) → ``bn1`` → act → [``se``] → ``conv_pw`` (1x1) → ``bn2`` →
+    [act]. Defaults follow the paper: the stride is applied once, by the depthwise conv, and the
+    pointwise conv has no padding. The seed notebook's ``DSConv`` instead pads the 1x1 conv by 1 and
+    strides it again (64x64 in, 66x66 out); :func:`seed_dsconv` builds that variant exactly.
+
+    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block.
+
+    >>> block = DepthwiseSeparableConv(features=128)
+    >>> variables = block.init(key, jnp.ones((1, 64, 64, 32)))
+    >>> block.apply(variables, x, train=False).shape
+    (1, 64, 64, 128)
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    padding: PaddingLike = "torch"
+    act: str = "relu"
+    pw_act: bool = True
+    se_channels: int = 0
+    se_act: str = "relu"
+    se_gate: str = "hard_sigmoid"
+    skip: bool = False
+    use_bias: bool = False
+    pointwise_strides: int = 1
+    pointwise_padding: PaddingLike = 0
+    norm: BatchNormConfig = BatchNormConfig()
+    axis_name: str | None = None
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        norm = BatchNorm.partial(
+            self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
+        )
+        act = activation(self.act)
+        shortcut = x
+        x = DepthwiseConv(
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="conv_dw",
+        )(x)
+        x = act(norm(name="bn1")(x))
+        if self.se_channels:
+            x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
+        x = PointwiseConv(
+            self.features,
+            self.pointwise_strides,
+            self.pointwise_padding,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="conv_pw",
+        )(x)
+        x = norm(name="bn2")(x)
+        if self.pw_act:
+            x = act(x)
+        return add_residual(x, shortcut, self.skip)
+
+
+def add_residual(x: Array, shortcut: Array, skip: bool) -> Array:
+    if not skip:
+        return x
+    if x.shape != shortcut.shape:
+        raise ValueError(f"residual needs equal shapes, got block output {x.shape} and input {shortcut.shape}")
+    return x + shortcut
+
+
+def seed_dsconv(
+    out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+) -> DepthwiseSeparableConv:
+    """The seed notebook's ``DSConv(in, out, kernel_size, stride, padding)``, reproduced exactly.
+
+    Both convs carry a bias (``nn.Conv2d``'s default), the pointwise conv is padded by 1 and strided
+    again, BatchNorm uses PyTorch defaults and ReLU follows both convs. A 64x64 input gives 66x66.
+    Prefer :class:`DepthwiseSeparableConv`'s defaults for new models.
+
+    >>> seed_dsconv(128).init_with_output(key, jnp.ones((1, 64, 64, 32)))[0].shape
+    (1, 66, 66, 128)
+    """
+    return DepthwiseSeparableConv(
+        features=out_channels,
+        kernel_size=kernel_size,
+        strides=stride,
+        padding=padding,
+        use_bias=True,
+        pointwise_strides=stride,
+        pointwise_padding=1,
+    )

@@ -1,0 +1,52 @@
+"""Padding conventions, decided in one place.
+
+PyTorch pads symmetrically with an integer ``p``; TensorFlow's ``'SAME'`` pads just enough for
+``ceil(n / s)`` outputs and puts the odd pixel at the bottom/right. The two agree in shape but not in
+values for stride 2 on even inputs, so every conv in this package takes a padding *mode* and resolves
+it here:
+
+* ``'torch'``: symmetric ``dilation * (kernel - 1) // 2`` per side (torchvision's rule; equal to timm's
+  ``((s - 1) + d * (k - 1)) // 2`` for the odd kernels MobileNets use).
+* ``'SAME'`` / ``'VALID'``: XLA's TF-style padding, needed for TF-ported weights (timm ``tf_*``).
+* an ``int`` ``p``: symmetric ``p`` on both spatial axes (what ``nn.Conv2d(padding=p)`` does).
+* explicit pairs ``((top, bottom), (left, right))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+PaddingLike = Union[str, int, Sequence[tuple[int, int]]]
+ResolvedPadding = Union[str, tuple[tuple[int, int], ...]]
+
+_MODES = ("torch", "SAME", "VALID")
+
+
+def torch_symmetric_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Per-side padding that keeps the size at stride 1, as ``nn.Conv2d(padding=...)`` in torchvision."""
+    return dilation * (kernel_size - 1) // 2
+
+
+def resolve_padding(
+    padding: PaddingLike, kernel_size: Sequence[int], dilation: Sequence[int]
+) -> ResolvedPadding:
+    """Turn a padding spec into what ``lax.conv_general_dilated`` takes: ``'SAME'``, ``'VALID'`` or pairs."""
+    if isinstance(padding, str):
+        if padding == "torch":
+            return tuple(
+                (p, p) for p in (torch_symmetric_padding(k, d) for k, d in zip(kernel_size, dilation))
+            )
+        if padding.upper() in ("SAME", "VALID"):
+            return padding.upper()
+        raise ValueError(f"unknown padding mode {padding!r}; expected one of {_MODES}, an int or pairs")
+    if isinstance(padding, int):
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative, got {padding}")
+        return tuple((padding, padding) for _ in kernel_size)
+    pairs = tuple(tuple(int(v) for v in pair) for pair in padding)
+    if len(pairs) != len(kernel_size) or any(len(pair) != 2 for pair in pairs):
+        raise ValueError(
+            f"explicit padding must be {len(kernel_size)} (low, high) pairs, got {padding!r}"
+        )
+    return pairs  # type: ignore[return-value]

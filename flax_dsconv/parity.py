@@ -1,0 +1,141 @@
+"""The parity check: build torch models, make their BatchNorm non-trivial, convert, compare outputs.
+
+Used by ``flax-dsconv parity`` and by the test suite. torch, timm and torchvision are imported inside
+the functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_dsconv.convert import from_torch
+from flax_dsconv.counting import count_params
+
+ATOL = 1e-5  # fp32 on CPU, eval mode, logits
+
+
+def randomize_batchnorm(model: Any, input_shape: tuple[int, ...], seed: int = 0) -> Any:
+    """Give every BatchNorm random affine parameters and real running statistics; return it in eval mode.
+
+    Statistics are a cumulative average over two train-mode passes on random input, so BN is far from
+    the identity while activations stay O(1). Weights in [0.25, 0.75) and a 0.05 floor on running_var
+    keep the network well conditioned: with weights near 1.5 a deep random MobileNetV2 drifts ~1e-5 from
+    its own float64 result in fp32, and a 1e-5 parity bound would measure rounding, not conversion.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    with torch.no_grad():
+        for bn in norms:
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) * 0.5 + 0.25)
+            bn.bias.copy_(torch.randn(bn.bias.shape, generator=g) * 0.1)
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        for _ in range(2):
+            model(torch.randn(input_shape, generator=g))
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+            bn.running_var.clamp_(min=0.05)
+    return model.eval()
+
+
+def to_nhwc(x: Any) -> jax.Array:
+    return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def to_nchw(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A torch model to check: a label, how to build it and the NCHW input it takes."""
+
+    label: str
+    source: str
+    build: Callable[[], Any]
+    input_shape: tuple[int, int, int, int] = (2, 3, 224, 224)
+
+
+def default_cases() -> list[Case]:
+    """Every supported model family and source, at its default configuration."""
+    import timm
+    import torchvision
+
+    import torch_ref
+
+    tv = torchvision.models
+    return [
+        Case("DSConv (seed)", "torch_ref", lambda: torch_ref.DSConv(32, 128), (2, 32, 64, 64)),
+        Case("DepthwiseSeparableConv", "torch_ref", lambda: torch_ref.DepthwiseSeparableConv(32, 64, stride=2),
+             (2, 32, 65, 65)),  # fmt: skip
+        Case("mobilenet_v1", "torch_ref", lambda: torch_ref.MobileNetV1()),
+        Case("mobilenetv1_100", "timm", lambda: timm.create_model("mobilenetv1_100")),
+        Case("mobilenet_v2", "torchvision", lambda: tv.mobilenet_v2()),
+        Case("mobilenet_v3_large", "torchvision", lambda: tv.mobilenet_v3_large()),
+        Case("mobilenet_v3_small", "torchvision", lambda: tv.mobilenet_v3_small()),
+        Case("mobilenetv2_100", "timm", lambda: timm.create_model("mobilenetv2_100")),
+        Case("mobilenetv3_large_100", "timm", lambda: timm.create_model("mobilenetv3_large_100")),
+        Case("mobilenetv3_small_100", "timm", lambda: timm.create_model("mobilenetv3_small_100")),
+        Case("mobilenetv3_rw", "timm", lambda: timm.create_model("mobilenetv3_rw")),
+        Case("tf_mobilenetv3_large_100", "timm", lambda: timm.create_model("tf_mobilenetv3_large_100")),
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    label: str
+    source: str
+    torch_params: int
+    flax_params: int
+    max_abs_diff: float
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.torch_params == self.flax_params and self.max_abs_diff <= ATOL
+
+
+def check(case: Case, seed: int = 0) -> Result:
+    """Build, randomise, convert and compare one case (jit-compiled Flax vs eager torch, fp32, eval)."""
+    import torch
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(case.build(), case.input_shape, seed)
+    x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    module, variables = from_torch(model)
+    got = to_nchw(jax.jit(module.apply)(variables, to_nhwc(x)))
+    return Result(
+        case.label,
+        case.source,
+        sum(p.numel() for p in model.parameters()),
+        count_params(variables),
+        float(np.abs(got - expected).max()),
+        time.perf_counter() - start,
+    )
+
+
+def format_table(results: list[Result]) -> str:
+    header = f"{'model':<26} {'source':<12} {'torch params':>13} {'flax params':>13} {'max |Δ|':>9} {'time':>6}  status"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r.label:<26} {r.source:<12} {r.torch_params:>13,} {r.flax_params:>13,} {r.max_abs_diff:>9.1e} "
+            f"{r.seconds:>5.1f}s  {'ok' if r.ok else 'FAIL'}"
+        )
+    lines.append(f"tolerance: max |Δ| ≤ {ATOL:g} (fp32, CPU, eval mode, BatchNorm randomised) and equal params")
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""Layer-level parity: every conv, norm and block equals its PyTorch counterpart (fp32, CPU, 1e-5)."""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close, randomize_batchnorm, to_nhwc
+
+import torch_ref
+from flax_dsconv import (
+    BatchNorm,
+    DepthwiseConv,
+    DepthwiseSeparableConv,
+    PointwiseConv,
+    count_params,
+    from_torch,
+    seed_dsconv,
+)
+
+
+def conv_params(conv: torch.nn.Conv2d) -> dict:
+    params = {"kernel": jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 1, 0))}
+    if conv.bias is not None:
+        params["bias"] = jnp.asarray(conv.bias.detach().numpy())
+    return {"params": params}
+
+
+GRID = list(itertools.product((3, 5), (1, 2), (7, 8), (1, 2), (1, 2), (False, True)))
+
+
+@pytest.mark.parametrize("kernel,stride,size,dilation,multiplier,bias", GRID)
+def test_depthwise_matches_torch(kernel, stride, size, dilation, multiplier, bias):
+    channels = 4
+    conv = torch.nn.Conv2d(channels, channels * multiplier, kernel, stride, dilation * (kernel - 1) // 2,
+                           dilation, groups=channels, bias=bias)  # fmt: skip
+    x = torch.randn(2, channels, size, size)
+    layer = DepthwiseConv(kernel, stride, "torch", dilation, multiplier, use_bias=bias)
+    assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
+
+
+@pytest.mark.parametrize("padding,torch_pad", [(0, (0, 0, 0, 0)), (2, (2, 2, 2, 2)), (((1, 0), (0, 2)), (0, 2, 1, 0))])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_explicit_padding_matches_torch(padding, torch_pad, stride):
+    conv = torch.nn.Conv2d(3, 3, 3, stride, 0, groups=3)
+    x = torch.randn(1, 3, 9, 10)
+    layer = DepthwiseConv(3, stride, padding, use_bias=True)
+    assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(F.pad(x, torch_pad)))
+
+
+def test_same_padding_differs_from_torch_at_stride2_even_input():
+    conv = torch.nn.Conv2d(3, 3, 3, 2, 1, groups=3, bias=False)
+    x = torch.randn(1, 3, 8, 8)
+    params = conv_params(conv)
+    same = DepthwiseConv(3, 2, "SAME").apply(params, to_nhwc(x))
+    symmetric = DepthwiseConv(3, 2, "torch").apply(params, to_nhwc(x))
+    assert same.shape == symmetric.shape == (1, 4, 4, 3)
+    assert np.abs(np.asarray(same - symmetric)).max() > 1e-2
+    assert_close(symmetric, conv(x))
+    # TF 'SAME' puts the odd pixel at the bottom/right: torch with pad (0, 1, 0, 1) and no padding.
+    tf_like = torch.nn.functional.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2, groups=3)
+    assert_close(same, tf_like)
+
+
+@pytest.mark.parametrize("stride,padding,bias,size", itertools.product((1, 2), (0, 1), (False, True), (7, 8)))
+def test_pointwise_matches_torch(stride, padding, bias, size):
+    conv = torch.nn.Conv2d(6, 5, 1, stride, padding, bias=bias)
+    x = torch.randn(2, 6, size, size)
+    layer = PointwiseConv(5, stride, padding, use_bias=bias)
+    assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
+
+
+def bn_variables(bn: torch.nn.BatchNorm2d) -> dict:
+    t = lambda a: jnp.asarray(a.detach().numpy())  # noqa: E731
+    return {"params": {"scale": t(bn.weight), "bias": t(bn.bias)},
+            "batch_stats": {"mean": t(bn.running_mean), "var": t(bn.running_var)}}  # fmt: skip
+
+
+def test_batchnorm_eval_matches_torch():
+    bn = randomize_batchnorm(torch.nn.BatchNorm2d(8, eps=1e-3), (4, 8, 5, 5))
+    x = torch.randn(2, 8, 5, 5)
+    assert not torch.allclose(bn.running_var, torch.ones(8)), "BN must not be the identity"
+    y = BatchNorm(use_running_average=True, epsilon=1e-3).apply(bn_variables(bn), to_nhwc(x))
+    assert_close(y, bn(x))
+
+
+@pytest.mark.parametrize("torch_momentum", [0.1, 0.01])
+def test_batchnorm_train_step_matches_torch_running_stats(torch_momentum):
+    bn = randomize_batchnorm(torch.nn.BatchNorm2d(8, momentum=torch_momentum), (4, 8, 5, 5)).train()
+    variables = bn_variables(bn)
+    x = torch.randn(3, 8, 5, 5)
+    y, updates = BatchNorm(use_running_average=False, momentum=1 - torch_momentum).apply(
+        variables, to_nhwc(x), mutable=["batch_stats"]
+    )
+    assert_close(y, bn(x))
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], bn.running_mean.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], bn.running_var.numpy(), rtol=0, atol=1e-6)
+
+
+def test_batchnorm_flax_biased_update_stays_available():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
+    ours = BatchNorm(use_running_average=False, torch_running_var=False, momentum=0.9)
+    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9)
+    v = theirs.init(jax.random.key(1), x)
+    _, a = ours.apply(v, x, mutable=["batch_stats"])
+    _, b = theirs.apply(v, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(a["batch_stats"]["var"], b["batch_stats"]["var"], rtol=0, atol=1e-6)
+
+
+def test_batchnorm_rejects_one_value_per_channel_in_train_mode():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm(use_running_average=False).init(jax.random.key(0), jnp.ones((1, 1, 1, 4)))
+
+
+# The seed notebook's class, verbatim but for formatting: its checkpoints must load into torch_ref.DSConv.
+class SeedDSConv(torch.nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1):
+        super().__init__()
+        nn_ = torch.nn
+        self.depthwise_sep_conv = nn_.Sequential(
+            nn_.Conv2d(in_channels=in_channels, out_channels=in_channels, kernel_size=kernel_size, stride=stride,
+                       padding=padding, groups=in_channels),
+            nn_.BatchNorm2d(in_channels),
+            nn_.ReLU(),
+            nn_.Conv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=1, stride=stride, padding=1),
+            nn_.BatchNorm2d(out_channels),
+            nn_.ReLU(),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.depthwise_sep_conv(x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_seed_checkpoint_loads_into_torch_ref_and_flax(tmp_path, stride):
+    seed = randomize_batchnorm(SeedDSConv(32, 128, stride=stride), (2, 32, 64, 64))
+    path = tmp_path / "seed.pth"
+    torch.save(seed.state_dict(), path)
+    ref = torch_ref.DSConv(32, 128, stride=stride).eval()
+    ref.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    x = torch.randn(1, 32, 64, 64)
+    assert torch.equal(ref(x), seed(x))
+    model, variables = from_torch(path, arch="dsconv", source="torch_ref", stride=stride)
+    y = model.apply(variables, to_nhwc(x))
+    assert_close(y, seed(x))
+    # The seed strides twice: 64 → 32 (depthwise) → 34 (pad 1) → 17 (pointwise, stride 2 again).
+    assert y.shape == ((1, 66, 66, 128) if stride == 1 else (1, 17, 17, 128))
+
+
+def test_seed_dsconv_gives_66x66_and_paper_block_keeps_64x64():
+    x = jnp.ones((1, 64, 64, 32))
+    assert seed_dsconv(128).init_with_output(jax.random.key(0), x)[0].shape == (1, 66, 66, 128)
+    assert DepthwiseSeparableConv(128).init_with_output(jax.random.key(0), x)[0].shape == (1, 64, 64, 128)
+    assert DepthwiseSeparableConv(128, strides=2).init_with_output(jax.random.key(0), x)[0].shape == (1, 32, 32, 128)
+
+
+@pytest.mark.parametrize("stride,size,act", [(1, 64, "relu"), (2, 65, "relu6"), (2, 64, "hard_swish")])
+def test_paper_block_matches_torch_ref(stride, size, act):
+    block = randomize_batchnorm(torch_ref.DepthwiseSeparableConv(16, 24, stride=stride, act=act), (2, 16, size, size))
+    x = torch.randn(2, 16, size, size)
+    model, variables = from_torch(block)
+    assert_close(model.apply(variables, to_nhwc(x)), block(x))
+
+
+def test_seed_parameter_comparison_4384_vs_9216():
+    x = jnp.ones((1, 64, 64, 32))
+    depthwise = DepthwiseConv(3).init(jax.random.key(0), x)
+    pointwise = PointwiseConv(128).init(jax.random.key(0), x)
+    full = nn.Conv(32, (3, 3), use_bias=False).init(jax.random.key(0), x)
+    assert count_params(depthwise) + count_params(pointwise) == 4384
+    assert count_params(full) == 9216
+
+
+def test_block_rejects_nchw_input_with_both_shapes_named():
+    block = DepthwiseSeparableConv(64)
+    variables = block.init(jax.random.key(0), jnp.ones((1, 16, 16, 32)))
+    with pytest.raises(ValueError, match=r"expected NHWC input with 32 channels.*\(1, 32, 16, 16\).*NCHW"):
+        block.apply(variables, jnp.ones((1, 32, 16, 16)))
+
+
+@pytest.mark.parametrize(
+    "x,error,match",
+    [
+        (jnp.ones((3, 32, 32)), ValueError, r"4-D NHWC.*\(3, 32, 32\)"),
+        (jnp.ones((1, 3, 32, 32)), ValueError, r"3 channels.*\(1, 3, 32, 32\)"),
+        (jnp.ones((1, 32, 32, 3), jnp.int32), TypeError, "floating-point.*int32"),
+    ],
+)
+def test_model_rejects_bad_input(x, error, match):
+    from flax_dsconv import mobilenet_v3_small
+
+    with pytest.raises(error, match=match):
+        mobilenet_v3_small().init(jax.random.key(0), x)
