@@ -45,9 +45,7 @@ class InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        norm = BatchNorm.partial(
-            self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
-        )
+        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
         shortcut = x
         x = PointwiseConv(self.expand_channels, dtype=self.dtype, name="conv_pw")(x)
@@ -83,7 +81,7 @@ class ConvBNAct(nn.Module):
         x = full_conv(
             self.features, self.kernel_size, self.strides, self.padding, self.dilation, dtype=self.dtype, name="conv"
         )(x)
-        x = BatchNorm.partial(
-            self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
-        )(name="bn1")(x)
+        x = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)(
+            name="bn1"
+        )(x)
         return add_residual(activation(self.act)(x), shortcut, self.skip)

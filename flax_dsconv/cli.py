@@ -44,7 +44,10 @@ def _summary(args: argparse.Namespace) -> int:
             return 2
         kwargs["separable"] = False
     model = mobilenet.BUILDERS[args.arch](**kwargs)
-    print(f"{args.arch}  width {args.width}  resolution {args.resolution}" + ("  (full convolution)" if args.full_conv else ""))
+    print(
+        f"{args.arch}  width {args.width}  resolution {args.resolution}"
+        + ("  (full convolution)" if args.full_conv else "")
+    )
     print(summary(model, (1, args.resolution, args.resolution, 3)))
     return 0
 

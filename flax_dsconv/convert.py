@@ -231,7 +231,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise ConversionError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pth, .pt or .bin")
+            raise ConversionError(
+                f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pth, .pt or .bin"
+            )
     except ConversionError:
         raise
     except Exception as e:  # torch and safetensors raise assorted errors for corrupt files
@@ -241,7 +243,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 def _unwrap(obj: Any, where: str) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise ConversionError(
+            f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     if all(hasattr(v, "shape") for v in obj.values()):
         return dict(obj)
     for wrapper in ("state_dict", "model", "model_state_dict"):
@@ -408,7 +412,7 @@ def _torchvision_config(model: Any) -> MobileNetConfig:
         where = f"features.{idx}"
         layers = list(blk.block if v3 else blk.conv)
         if not v3:  # V2 ends in a bare conv + bn; view it as one (conv, bn) pair
-            layers = layers[:-2] + [[layers[-2], layers[-1]]]
+            layers = [*layers[:-2], [layers[-2], layers[-1]]]
         se: dict[str, Any] = {}
         convs = []
         for layer in layers:
@@ -451,7 +455,12 @@ def _group_stages(blocks: list[BlockConfig]) -> tuple[tuple[BlockConfig, ...], .
     stages: list[list[BlockConfig]] = []
     for b in blocks:
         prev = stages[-1][-1] if stages else None
-        if prev is None or b.stride > 1 or b.out_channels != prev.out_channels or (b.kind == "conv") != (prev.kind == "conv"):
+        if (
+            prev is None
+            or b.stride > 1
+            or b.out_channels != prev.out_channels
+            or (b.kind == "conv") != (prev.kind == "conv")
+        ):
             stages.append([])
         stages[-1].append(b)
     return tuple(tuple(s) for s in stages)
@@ -528,7 +537,9 @@ def _skeleton(arch: str | None, source: str | None, state_dict: StateDict, confi
         import timm
 
         if not arch or not arch.startswith(TIMM_PREFIXES):
-            raise ConversionError(f"timm arch must be a MobileNet model name ({', '.join(TIMM_PREFIXES)}...), got {arch!r}")
+            raise ConversionError(
+                f"timm arch must be a MobileNet model name ({', '.join(TIMM_PREFIXES)}...), got {arch!r}"
+            )
         return timm.create_model(arch, pretrained=False, **config)
     import torchvision
 

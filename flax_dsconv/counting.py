@@ -70,7 +70,9 @@ def summary(module: nn.Module, input_shape: tuple[int, ...]) -> str:
     """The per-layer table (name, type, output shape, params, mult-adds, share) with totals."""
     rows = layer_counts(module, input_shape)
     total_macs = sum(r.macs for r in rows) or 1
-    variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), jax.ShapeDtypeStruct(input_shape, jnp.float32))
+    variables = jax.eval_shape(
+        lambda x: module.init(jax.random.key(0), x), jax.ShapeDtypeStruct(input_shape, jnp.float32)
+    )
     width = max(len(r.name) for r in rows)
     header = f"{'layer':<{width}}  {'type':<10} {'output (HWC)':<16} {'params':>11} {'mult-adds':>14} {'share':>7}"
     lines = [header, "-" * len(header)]

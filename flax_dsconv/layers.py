@@ -69,8 +69,7 @@ def check_nhwc(x: Array, channels: int | None, where: str) -> None:
     if channels is not None and x.shape[-1] != channels:
         hint = " — NCHW?" if x.shape[1] == channels else ""
         raise ValueError(
-            f"{where}: expected NHWC input with {channels} channels in the last axis, "
-            f"got shape {tuple(x.shape)}{hint}"
+            f"{where}: expected NHWC input with {channels} channels in the last axis, got shape {tuple(x.shape)}{hint}"
         )
 
 
@@ -332,9 +331,7 @@ class DepthwiseSeparableConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        norm = BatchNorm.partial(
-            self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
-        )
+        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
         shortcut = x
         x = DepthwiseConv(
@@ -371,9 +368,7 @@ def add_residual(x: Array, shortcut: Array, skip: bool) -> Array:
     return x + shortcut
 
 
-def seed_dsconv(
-    out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
-) -> DepthwiseSeparableConv:
+def seed_dsconv(out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1) -> DepthwiseSeparableConv:
     """The seed notebook's ``DSConv(in, out, kernel_size, stride, padding)``, reproduced exactly.
 
     Both convs carry a bias (``nn.Conv2d``'s default), the pointwise conv is padded by 1 and strided

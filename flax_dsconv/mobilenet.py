@@ -133,9 +133,7 @@ class MobileNet(nn.Module):
         if not c.num_classes:
             return x
         x = nn.Dropout(c.dropout, deterministic=not train)(x)
-        return nn.Dense(
-            c.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01), name="classifier"
-        )(x)
+        return nn.Dense(c.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01), name="classifier")(x)
 
     def _block(self, b: BlockConfig, name: str) -> nn.Module:
         c = self.config
@@ -216,10 +214,7 @@ def mobilenet_v1(
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
     kind = "ds" if separable else "conv"
     stages = tuple(
-        tuple(
-            BlockConfig(kind, ch(c), kernel_size=3, stride=s, act=act, pw_act=separable)
-            for c, s in stage
-        )
+        tuple(BlockConfig(kind, ch(c), kernel_size=3, stride=s, act=act, pw_act=separable) for c, s in stage)
         for stage in _V1_TABLE
     )
     config = MobileNetConfig(
@@ -277,7 +272,7 @@ def mobilenet_v2(
             if t == 1:
                 blocks.append(BlockConfig("ds", out, stride=stride, act="relu6", skip=skip))
             else:
-                hidden = int(round(in_ch * t))
+                hidden = round(in_ch * t)
                 blocks.append(BlockConfig("ir", out, stride=stride, expand_channels=hidden, act="relu6", skip=skip))
             in_ch = out
         stages.append(tuple(blocks))

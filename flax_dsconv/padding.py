@@ -15,10 +15,9 @@ it here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
-PaddingLike = Union[str, int, Sequence[tuple[int, int]]]
-ResolvedPadding = Union[str, tuple[tuple[int, int], ...]]
+PaddingLike = str | int | Sequence[tuple[int, int]]
+ResolvedPadding = str | tuple[tuple[int, int], ...]
 
 _MODES = ("torch", "SAME", "VALID")
 
@@ -28,15 +27,12 @@ def torch_symmetric_padding(kernel_size: int, dilation: int = 1) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
-def resolve_padding(
-    padding: PaddingLike, kernel_size: Sequence[int], dilation: Sequence[int]
-) -> ResolvedPadding:
+def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: Sequence[int]) -> ResolvedPadding:
     """Turn a padding spec into what ``lax.conv_general_dilated`` takes: ``'SAME'``, ``'VALID'`` or pairs."""
     if isinstance(padding, str):
         if padding == "torch":
-            return tuple(
-                (p, p) for p in (torch_symmetric_padding(k, d) for k, d in zip(kernel_size, dilation))
-            )
+            pads = (torch_symmetric_padding(k, d) for k, d in zip(kernel_size, dilation, strict=True))
+            return tuple((p, p) for p in pads)
         if padding.upper() in ("SAME", "VALID"):
             return padding.upper()
         raise ValueError(f"unknown padding mode {padding!r}; expected one of {_MODES}, an int or pairs")
@@ -46,7 +42,5 @@ def resolve_padding(
         return tuple((padding, padding) for _ in kernel_size)
     pairs = tuple(tuple(int(v) for v in pair) for pair in padding)
     if len(pairs) != len(kernel_size) or any(len(pair) != 2 for pair in pairs):
-        raise ValueError(
-            f"explicit padding must be {len(kernel_size)} (low, high) pairs, got {padding!r}"
-        )
+        raise ValueError(f"explicit padding must be {len(kernel_size)} (low, high) pairs, got {padding!r}")
     return pairs  # type: ignore[return-value]

@@ -43,7 +43,7 @@ def randomize_batchnorm(model: Any, input_shape: tuple[int, ...], seed: int = 0)
         model.train()
         for _ in range(2):
             model(torch.randn(input_shape, generator=g))
-        for bn, momentum in zip(norms, momenta):
+        for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
             bn.running_var.clamp_(min=0.05)
     return model.eval()
@@ -78,8 +78,12 @@ def default_cases() -> list[Case]:
     tv = torchvision.models
     return [
         Case("DSConv (seed)", "torch_ref", lambda: torch_ref.DSConv(32, 128), (2, 32, 64, 64)),
-        Case("DepthwiseSeparableConv", "torch_ref", lambda: torch_ref.DepthwiseSeparableConv(32, 64, stride=2),
-             (2, 32, 65, 65)),  # fmt: skip
+        Case(
+            "DepthwiseSeparableConv",
+            "torch_ref",
+            lambda: torch_ref.DepthwiseSeparableConv(32, 64, stride=2),
+            (2, 32, 65, 65),
+        ),
         Case("mobilenet_v1", "torch_ref", lambda: torch_ref.MobileNetV1()),
         Case("mobilenetv1_100", "timm", lambda: timm.create_model("mobilenetv1_100")),
         Case("mobilenet_v2", "torchvision", lambda: tv.mobilenet_v2()),
