@@ -25,7 +25,7 @@ def photo_batch(resolution: int, seed: int = 0) -> torch.Tensor:
     """NCHW float batch: a real photo (scikit-learn's sample image, resized, ImageNet-normalised) and noise."""
     from sklearn.datasets import load_sample_images
 
-    image = torch.from_numpy(load_sample_images().images[0]).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(load_sample_images().images[0].copy()).permute(2, 0, 1)[None].float() / 255
     image = torch.nn.functional.interpolate(image, size=(resolution, resolution), mode="bilinear", antialias=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -1,0 +1,267 @@
+"""Conversion: strict errors, file formats, round trips and export into each torch library."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import assert_close, randomize_batchnorm, to_nhwc
+from safetensors.torch import save_file
+
+import torch_ref
+from flax_dsconv import (
+    ConversionError,
+    from_torch,
+    mobilenet_v1,
+    mobilenet_v2,
+    mobilenet_v3_large,
+    mobilenet_v3_small,
+    to_torch_state_dict,
+)
+
+tv = torchvision.models
+
+ROUND_TRIP = {
+    "torch_ref/dsconv": (lambda: torch_ref.DSConv(8, 16, stride=2), "torch_ref"),
+    "torch_ref/depthwise_separable": (lambda: torch_ref.DepthwiseSeparableConv(8, 16, 5), "torch_ref"),
+    "torch_ref/mobilenet_v1": (lambda: torch_ref.MobileNetV1(0.5), "torch_ref"),
+    "torchvision/mobilenet_v2": (lambda: tv.mobilenet_v2(), "torchvision"),
+    "torchvision/mobilenet_v3_large": (lambda: tv.mobilenet_v3_large(dilated=True), "torchvision"),
+    "torchvision/mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(reduced_tail=True), "torchvision"),
+    **{f"timm/{n}": (lambda n=n: timm.create_model(n), "timm") for n in timm.list_models("*mobilenetv[123]*")},
+}
+
+
+def state_without_counters(model):
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_round_trip_torch_flax_torch_is_bit_exact(name):
+    build, source = ROUND_TRIP[name]
+    model = build()
+    with torch.no_grad():  # make running stats distinct from their defaults
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    module, variables = from_torch(model)
+    exported = to_torch_state_dict(module, variables, source=source)
+    original = state_without_counters(model)
+    assert {k for k in exported if not k.endswith("num_batches_tracked")} == set(original)
+    for key, value in original.items():
+        assert torch.equal(exported[key], value), key
+    build().load_state_dict(exported, strict=True)
+
+
+@pytest.mark.parametrize(
+    "builder,torch_model",
+    [
+        (
+            lambda: mobilenet_v2(width_multiplier=0.5, num_classes=10),
+            lambda: tv.mobilenet_v2(width_mult=0.5, num_classes=10),
+        ),
+        (lambda: mobilenet_v3_large(dilated=True), lambda: tv.mobilenet_v3_large(dilated=True)),
+        (lambda: mobilenet_v3_small(0.75), lambda: tv.mobilenet_v3_small(width_mult=0.75)),
+    ],
+)
+def test_flax_built_model_exports_to_torchvision_and_reproduces_outputs(builder, torch_model):
+    module = builder()
+    x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
+    variables = module.init(jax.random.key(1), x)
+    # Train-mode passes give non-trivial running statistics.
+    for _ in range(2):
+        _, updates = module.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
+        )
+        variables = {**variables, **updates}
+    target = torch_model().eval()
+    target.load_state_dict(to_torch_state_dict(module, variables, source="torchvision"), strict=True)
+    with torch.no_grad():
+        expected = target(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()))
+    assert_close(module.apply(variables, x), expected)
+
+
+@pytest.mark.parametrize(
+    "builder,name",
+    [
+        (lambda: mobilenet_v1(act="relu6"), "mobilenetv1_100"),
+        (lambda: mobilenet_v1(1.25, act="relu6"), "mobilenetv1_125"),
+    ],
+)
+def test_builder_config_equals_config_read_from_timm(builder, name):
+    module, _ = from_torch(timm.create_model(name))
+    assert module.config == builder().config
+
+
+@pytest.mark.parametrize(
+    "builder,torch_model",
+    [
+        (lambda: mobilenet_v2(), lambda: tv.mobilenet_v2()),
+        (lambda: mobilenet_v2(1.4), lambda: tv.mobilenet_v2(width_mult=1.4)),
+        (lambda: mobilenet_v3_large(), lambda: tv.mobilenet_v3_large()),
+        (
+            lambda: mobilenet_v3_large(0.75, reduced_tail=True),
+            lambda: tv.mobilenet_v3_large(width_mult=0.75, reduced_tail=True),
+        ),
+        (lambda: mobilenet_v3_small(), lambda: tv.mobilenet_v3_small()),
+        (
+            lambda: mobilenet_v3_small(dilated=True, num_classes=7),
+            lambda: tv.mobilenet_v3_small(dilated=True, num_classes=7),
+        ),
+    ],
+)
+def test_builder_config_equals_config_read_from_torchvision(builder, torch_model):
+    module, _ = from_torch(torch_model())
+    assert module.config == builder().config
+
+
+@pytest.mark.parametrize("width", [1.0, 1.25])
+def test_torch_ref_mobilenet_v1_loads_timm_checkpoints(width):
+    source = randomize_batchnorm(timm.create_model(f"mobilenetv1_{round(width * 100)}"), (2, 3, 64, 64))
+    ref = torch_ref.MobileNetV1(width, act="relu6").eval()
+    ref.load_state_dict(source.state_dict(), strict=True)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), source(x), rtol=0, atol=0)
+
+
+def test_timm_tf_models_get_same_padding_from_the_source():
+    module, _ = from_torch(timm.create_model("tf_mobilenetv3_small_100"))
+    assert module.config.padding == "SAME"
+    assert module.config.norm.epsilon == pytest.approx(1e-3)
+    module, _ = from_torch(timm.create_model("mobilenetv3_small_100"))
+    assert module.config.padding == "torch"
+
+
+# ------------------------------------------------------------------------------ files
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped.pth"])
+def test_files_load_like_the_module(tmp_path, fmt):
+    model = randomize_batchnorm(tv.mobilenet_v3_small(num_classes=10), (2, 3, 64, 64))
+    path = tmp_path / f"model.{fmt}"
+    if fmt == "safetensors":
+        save_file(model.state_dict(), path)
+    else:
+        torch.save({"state_dict": model.state_dict()} if fmt.startswith("wrapped") else model.state_dict(), path)
+    _, expected = from_torch(model)
+    _, got = from_torch(path, arch="mobilenet_v3_small", source="torchvision", num_classes=10)
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+def test_truncated_file_raises_naming_the_path(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save(tv.mobilenet_v3_small().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:10_000])
+    with pytest.raises(ConversionError, match=r"could not read checkpoint .*cut\.pth"):
+        from_torch(path, arch="mobilenet_v3_small", source="torchvision")
+
+
+def test_truncated_safetensors_raises(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    save_file(tv.mobilenet_v3_small().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:10_000])
+    with pytest.raises(ConversionError, match="could not read checkpoint"):
+        from_torch(path, arch="mobilenet_v3_small", source="torchvision")
+
+
+class _NotWeights:
+    pass
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"payload": _NotWeights()}, path)
+    with pytest.raises(ConversionError, match="could not read checkpoint"):
+        from_torch(path, arch="mobilenet_v3_small", source="torchvision")
+
+
+# ------------------------------------------------------------------------------ strictness
+
+
+def test_every_missing_unexpected_and_misshaped_key_is_listed_in_one_error():
+    sd = tv.mobilenet_v3_small().state_dict()
+    del sd["features.1.block.0.1.running_mean"], sd["classifier.3.bias"]
+    sd["extra.weight"] = torch.zeros(3)
+    sd["classifier.0.weight"] = torch.zeros(7, 576)
+    with pytest.raises(ConversionError) as info:
+        from_torch(sd, arch="mobilenet_v3_small", source="torchvision")
+    msg = str(info.value)
+    assert "missing keys (2): classifier.3.bias, features.1.block.0.1.running_mean" in msg
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "classifier.0.weight: checkpoint (7, 576), expected (1024, 576)" in msg
+
+
+def test_num_batches_tracked_is_the_only_key_ignored():
+    sd = state_without_counters(tv.mobilenet_v3_small())
+    from_torch(sd, arch="mobilenet_v3_small", source="torchvision")
+
+
+def test_v2_checkpoint_offered_as_v3_is_rejected():
+    with pytest.raises(ConversionError, match=r"(?s)missing keys \(261\).*unexpected keys \(257\)"):
+        from_torch(tv.mobilenet_v2().state_dict(), arch="mobilenet_v3_large", source="torchvision")
+
+
+def test_width_075_checkpoint_offered_as_width_1_lists_shape_mismatches():
+    sd = tv.mobilenet_v3_large(width_mult=0.75).state_dict()
+    with pytest.raises(
+        ConversionError,
+        match=r"features\.2\.block\.0\.0\.weight: checkpoint \(48, 16, 1, 1\), expected \(64, 16, 1, 1\)",
+    ):
+        from_torch(sd, arch="mobilenet_v3_large", source="torchvision")
+    from_torch(sd, arch="mobilenet_v3_large", source="torchvision", width_mult=0.75)
+
+
+def test_timm_checkpoint_names_its_architecture():
+    sd = timm.create_model("mobilenetv3_large_100").state_dict()
+    module, _ = from_torch(sd, arch="mobilenetv3_large_100", source="timm")
+    assert module.config.head == "post_pool"
+    with pytest.raises(ConversionError, match="shape mismatches"):
+        from_torch(sd, arch="mobilenetv3_large_075", source="timm")
+
+
+def test_integer_weights_are_rejected_by_key():
+    sd = torch_ref.DSConv(4, 8).state_dict()
+    sd["depthwise_sep_conv.0.weight"] = sd["depthwise_sep_conv.0.weight"].long()
+    with pytest.raises(ConversionError, match=r"depthwise_sep_conv\.0\.weight: expected a floating-point.*int64"):
+        from_torch(sd, arch="dsconv", source="torch_ref")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(), "source= one of"),
+        (dict(source="timm", arch="resnet50"), "timm arch must be a MobileNet"),
+        (dict(source="torchvision", arch="resnet50"), "torchvision arch must be one of"),
+        (dict(source="torch_ref", arch="vgg"), "torch_ref has no arch"),
+    ],
+)
+def test_state_dict_needs_a_known_source_and_arch(kwargs, match):
+    with pytest.raises(ConversionError, match=match):
+        from_torch(tv.mobilenet_v2().state_dict(), **kwargs)
+
+
+def test_module_input_infers_everything_and_rejects_contradictions():
+    model = tv.mobilenet_v3_small()
+    with pytest.raises(TypeError, match="inferred"):
+        from_torch(model, width_mult=0.5)
+    with pytest.raises(ConversionError, match="torchvision model"):
+        from_torch(model, source="timm")
+    with pytest.raises(ConversionError, match="expected a torch_ref, timm or torchvision MobileNet"):
+        from_torch(torch.nn.Conv2d(3, 3, 3))
+
+
+def test_variables_hold_only_params_and_batch_stats_in_float32():
+    _, variables = from_torch(torch_ref.DSConv(4, 8).half())
+    assert set(variables) == {"params", "batch_stats"}
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+
+
+def test_converted_seed_block_applies_to_nhwc():
+    block = randomize_batchnorm(torch_ref.DSConv(32, 128), (2, 32, 16, 16))
+    module, variables = from_torch(block)
+    x = torch.randn(1, 32, 64, 64)
+    assert_close(jax.jit(module.apply)(variables, to_nhwc(x)), block(x))
