@@ -7,6 +7,7 @@ with strict weight conversion from and to PyTorch (torch_ref, torchvision, timm)
 """
 
 from flax_dsconv.blocks import ConvBNAct, InvertedResidual
+from flax_dsconv.checkpoint import load, save
 from flax_dsconv.convert import ConversionError, from_torch, load_state_dict, to_torch_state_dict
 from flax_dsconv.counting import count_macs, count_params, layer_counts, summary
 from flax_dsconv.layers import (
@@ -46,12 +47,14 @@ __all__ = [
     "count_params",
     "from_torch",
     "layer_counts",
+    "load",
     "load_state_dict",
     "make_divisible",
     "mobilenet_v1",
     "mobilenet_v2",
     "mobilenet_v3_large",
     "mobilenet_v3_small",
+    "save",
     "seed_dsconv",
     "summary",
     "to_torch_state_dict",

@@ -1,4 +1,4 @@
-"""``flax-dsconv``: ``parity`` (the main job) and ``summary``."""
+"""``flax-dsconv``: ``parity`` (the main job), ``summary`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,26 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from flax_dsconv.checkpoint import save
+    from flax_dsconv.convert import from_torch
+
+    config = {}
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"--config takes KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
+    out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
+    print(f"wrote {out}/config.json and {out}/variables.msgpack ({args.source} {args.arch})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flax-dsconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--num-classes", type=int, default=1000)
     s.add_argument("--full-conv", action="store_true", help="MobileNetV1 with full 3x3 convs (paper, Table 4)")
     s.set_defaults(func=_summary)
+
+    c = sub.add_parser("convert", help="convert a .pth/.safetensors checkpoint into a Flax directory")
+    c.add_argument("src", help="checkpoint file (.pth, .pt, .bin, .safetensors)")
+    c.add_argument(
+        "--arch", required=True, help="dsconv | mobilenet_v1 (torch_ref), a timm name, or a torchvision builder"
+    )
+    c.add_argument("--source", required=True, choices=["torch_ref", "timm", "torchvision"])
+    c.add_argument(
+        "--config", nargs="*", default=[], metavar="KEY=VALUE", help="torch constructor args, e.g. width_mult=0.75"
+    )
+    c.add_argument("--out", required=True, help="output directory; read it back with flax_dsconv.load(DIR)")
+    c.set_defaults(func=_convert)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -26,10 +26,11 @@ def randomize_batchnorm(model: Any, example: Any, seed: int = 0) -> Any:
 
     Every BN gets random affine parameters (weight in [0.25, 0.75), bias ~ N(0, 0.1²)) and running
     statistics averaged over train-mode passes on ``example`` (a tensor, or a shape for random input), with
-    a 0.05 floor on running_var. Linear layers are redrawn from N(0, 0.01²), torchvision's init, so logits
-    are O(1) whichever library built the model. Why: with BN weights near 1.5, statistics from other
-    inputs, or timm's O(40) logits, PyTorch's own fp32 result drifts 1e-5..1e-4 from float64, and a 1e-5
-    parity bound would measure rounding, not conversion.
+    a 0.05 floor on running_var. Linear layers are redrawn from N(0, 1/fan_in), which keeps the scale of
+    their input, so logits are O(1) whichever library built the model (the table shows max |logit|).
+    Why: with BN weights near 1.5, statistics from other inputs, or timm's O(40) logits, PyTorch's own
+    fp32 result drifts 1e-5..1e-4 from float64, and a 1e-5 parity bound would measure rounding, not
+    conversion.
     """
     import torch
 
@@ -38,7 +39,7 @@ def randomize_batchnorm(model: Any, example: Any, seed: int = 0) -> Any:
     momenta = [bn.momentum for bn in norms]
     with torch.no_grad():
         for linear in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
-            linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 0.01)
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) / linear.in_features**0.5)
         for bn in norms:
             bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) * 0.5 + 0.25)
             bn.bias.copy_(torch.randn(bn.bias.shape, generator=g) * 0.1)
@@ -94,10 +95,12 @@ def default_cases() -> list[Case]:
         Case("mobilenet_v3_large", "torchvision", lambda: tv.mobilenet_v3_large()),
         Case("mobilenet_v3_small", "torchvision", lambda: tv.mobilenet_v3_small()),
         Case("mobilenetv2_100", "timm", lambda: timm.create_model("mobilenetv2_100")),
+        Case("mobilenetv2_120d", "timm", lambda: timm.create_model("mobilenetv2_120d")),
         Case("mobilenetv3_large_100", "timm", lambda: timm.create_model("mobilenetv3_large_100")),
         Case("mobilenetv3_small_100", "timm", lambda: timm.create_model("mobilenetv3_small_100")),
         Case("mobilenetv3_rw", "timm", lambda: timm.create_model("mobilenetv3_rw")),
         Case("tf_mobilenetv3_large_100", "timm", lambda: timm.create_model("tf_mobilenetv3_large_100")),
+        Case("tf_mobilenetv3_small_100", "timm", lambda: timm.create_model("tf_mobilenetv3_small_100")),
     ]
 
 
@@ -108,6 +111,7 @@ class Result:
     torch_params: int
     flax_params: int
     max_abs_diff: float
+    max_abs_output: float
     seconds: float
 
     @property
@@ -133,17 +137,21 @@ def check(case: Case, seed: int = 0) -> Result:
         sum(p.numel() for p in model.parameters()),
         count_params(variables),
         float(np.abs(got - expected).max()),
+        float(np.abs(expected).max()),
         time.perf_counter() - start,
     )
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'model':<26} {'source':<12} {'torch params':>13} {'flax params':>13} {'max |Δ|':>9} {'time':>6}  status"
+    header = (
+        f"{'model':<26} {'source':<12} {'torch params':>13} {'flax params':>13} {'max |Δ|':>9} {'max |out|':>9} "
+        f"{'time':>6}  status"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r.label:<26} {r.source:<12} {r.torch_params:>13,} {r.flax_params:>13,} {r.max_abs_diff:>9.1e} "
-            f"{r.seconds:>5.1f}s  {'ok' if r.ok else 'FAIL'}"
+            f"{r.max_abs_output:>9.2f} {r.seconds:>5.1f}s  {'ok' if r.ok else 'FAIL'}"
         )
     lines.append(f"tolerance: max |Δ| ≤ {ATOL:g} (fp32, CPU, eval mode, BatchNorm randomised) and equal params")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Conversion: strict errors, file formats, round trips and export into each torch library."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,7 +150,7 @@ def test_files_load_like_the_module(tmp_path, fmt):
         torch.save({"state_dict": model.state_dict()} if fmt.startswith("wrapped") else model.state_dict(), path)
     _, expected = from_torch(model)
     _, got = from_torch(path, arch="mobilenet_v3_small", source="torchvision", num_classes=10)
-    jax.tree.map(np.testing.assert_array_equal, got, expected)
+    chex.assert_trees_all_equal(got, expected)
 
 
 def test_truncated_file_raises_naming_the_path(tmp_path):
