@@ -164,12 +164,55 @@ class BatchNorm(nn.Module):
         return functools.partial(cls, **dataclasses.asdict(config), **kwargs)
 
 
+def _depthwise_shifted(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: Any,
+    dilation: tuple[int, int],
+    multiplier: int,
+    precision: Any,
+) -> Array:
+    """Depthwise conv as k² strided slices times per-channel weights, summed.
+
+    Same result as the grouped ``conv_general_dilated``; on XLA:CPU it avoids the per-channel matrix products
+    of a grouped convolution (and, under autodiff, the dense expansion of its weight gradient).
+    """
+    kh, kw = kernel.shape[:2]
+    if multiplier > 1:  # output channel c*m + j reads input channel c
+        x = jnp.repeat(x, multiplier, axis=-1)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(
+            x.shape[1:3], ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1), strides, padding
+        )
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_h = (x.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+    out_w = (x.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dilation[0], j * dilation[1]
+            window = x[
+                :, r : r + (out_h - 1) * strides[0] + 1 : strides[0], c : c + (out_w - 1) * strides[1] + 1 : strides[1]
+            ]
+            term = window * kernel[i, j, 0]
+            y = term if y is None else y + term
+    return y
+
+
+DEPTHWISE_IMPLEMENTATIONS = ("auto", "xla", "shifted")
+
+
 class DepthwiseConv(nn.Module):
     """Depthwise 2-D convolution: one ``kernel_size`` filter per input channel (times ``depth_multiplier``).
 
     Kernel shape ``(kh, kw, 1, C * depth_multiplier)``, ``feature_group_count = C``; output channel
     ``c * m + j`` comes from input channel ``c``, as in PyTorch's ``groups=C`` conv. Padding defaults to
     PyTorch's symmetric rule; ``'SAME'`` is TF's (see :mod:`flax_dsconv.padding`).
+
+    ``implementation``: ``'xla'`` is XLA's grouped convolution (the reference, fast on GPU/TPU);
+    ``'shifted'`` sums k² strided slices times per-channel weights (fast on CPU); ``'auto'`` picks
+    ``'shifted'`` on the CPU backend and ``'xla'`` elsewhere. Parameters are identical for all three.
 
     >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
     >>> y.shape
@@ -187,27 +230,37 @@ class DepthwiseConv(nn.Module):
     precision: Any = None
     kernel_init: Callable = conv_kernel_init
     bias_init: Callable = nn.initializers.zeros
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         bound = _existing_kernel_shape(self)
         check_nhwc(x, None if bound is None else bound[-1] // self.depth_multiplier, _where(self))
+        if self.implementation not in DEPTHWISE_IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {DEPTHWISE_IMPLEMENTATIONS}, got {self.implementation!r}")
         channels = x.shape[-1]
         kernel_size, dilation = _pair(self.kernel_size), _pair(self.dilation)
         features = channels * self.depth_multiplier
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, 1, features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=_pair(self.strides),
-            padding=resolve_padding(self.padding, kernel_size, dilation),
-            rhs_dilation=dilation,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-            precision=self.precision,
-        )
+        strides, padding = _pair(self.strides), resolve_padding(self.padding, kernel_size, dilation)
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = "shifted" if jax.default_backend() == "cpu" else "xla"
+        if implementation == "shifted":
+            y = _depthwise_shifted(x, kernel, strides, padding, dilation, self.depth_multiplier, self.precision)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=strides,
+                padding=padding,
+                rhs_dilation=dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=channels,
+                precision=self.precision,
+            )
         return y if bias is None else y + bias
 
 

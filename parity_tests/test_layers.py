@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,14 +34,43 @@ def conv_params(conv: torch.nn.Conv2d) -> dict:
 GRID = list(itertools.product((3, 5), (1, 2), (7, 8), (1, 2), (1, 2), (False, True)))
 
 
+@pytest.mark.parametrize("implementation", ["xla", "shifted"])
 @pytest.mark.parametrize("kernel,stride,size,dilation,multiplier,bias", GRID)
-def test_depthwise_matches_torch(kernel, stride, size, dilation, multiplier, bias):
+def test_depthwise_matches_torch(kernel, stride, size, dilation, multiplier, bias, implementation):
     channels = 4
     conv = torch.nn.Conv2d(channels, channels * multiplier, kernel, stride, dilation * (kernel - 1) // 2,
                            dilation, groups=channels, bias=bias)  # fmt: skip
     x = torch.randn(2, channels, size, size)
-    layer = DepthwiseConv(kernel, stride, "torch", dilation, multiplier, use_bias=bias)
+    layer = DepthwiseConv(kernel, stride, "torch", dilation, multiplier, use_bias=bias, implementation=implementation)
     assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
+
+
+@pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 2, ((0, 1), (2, 0))])
+@pytest.mark.parametrize("kernel,stride,size,dilation,multiplier", [
+    (3, 1, 7, 1, 1), (3, 2, 8, 1, 1), (5, 2, 9, 1, 2), (3, 1, 8, 2, 1), (5, 2, 10, 2, 2), (3, 2, 7, 2, 1)])  # fmt: skip
+def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
+    kernel, stride, size, dilation, multiplier, padding
+):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+    cotangent_key = jax.random.key(2)
+
+    def run(implementation):
+        layer = DepthwiseConv(kernel, stride, padding, dilation, multiplier, use_bias=True,
+                              implementation=implementation)  # fmt: skip
+        variables = layer.init(jax.random.key(1), x)
+        y, vjp = jax.vjp(layer.apply, variables, x)
+        return y, vjp(jax.random.normal(cotangent_key, y.shape))
+
+    y_ref, (dv_ref, dx_ref) = run("xla")
+    y, (dv, dx) = run("shifted")
+    chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
+    # Kernel gradients sum over every output pixel (values ~30): bound them relatively as well.
+    chex.assert_trees_all_close((dv, dx), (dv_ref, dx_ref), atol=1e-5, rtol=1e-5)
+
+
+def test_depthwise_rejects_unknown_implementation():
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        DepthwiseConv(implementation="cudnn").init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
 
 
 @pytest.mark.parametrize("padding,torch_pad", [(0, (0, 0, 0, 0)), (2, (2, 2, 2, 2)), (((1, 0), (0, 2)), (0, 2, 1, 0))])
