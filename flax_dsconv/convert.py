@@ -590,7 +590,9 @@ def from_torch(
     flat = {}
     for e in entries:
         arr = _TO_FLAX[e.layout](_to_numpy(state_dict[e.torch_key], e.torch_key))
-        flat[e.flax_key] = jnp.asarray(arr, dtype=jnp.float32)
+        # Copy: numpy views torch's memory and jnp.asarray may alias it on CPU, so a later in-place torch
+        # update (a train-mode forward's running statistics) would silently change the Flax variables.
+        flat[e.flax_key] = jnp.array(arr, dtype=jnp.float32, copy=True)
     return described.module, traverse_util.unflatten_dict(flat)
 
 

@@ -261,6 +261,17 @@ def test_variables_hold_only_params_and_batch_stats_in_float32():
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
 
 
+def test_converted_variables_do_not_alias_torch_memory():
+    model = tv.mobilenet_v3_small()
+    _, variables = from_torch(model)
+    before = jax.tree.map(np.array, variables)
+    model.train()(torch.randn(2, 3, 64, 64))  # updates running statistics in place
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    chex.assert_trees_all_equal(variables, before)
+
+
 def test_converted_seed_block_applies_to_nhwc():
     block = randomize_batchnorm(torch_ref.DSConv(32, 128), (2, 32, 16, 16))
     module, variables = from_torch(block)
