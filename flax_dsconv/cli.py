@@ -1,4 +1,4 @@
-"""``flax-dsconv``: ``parity`` (the main job), ``summary`` and ``convert``."""
+"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert`` and ``train``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,16 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from flax_dsconv.digits import train_digits
+
+    history = train_digits(
+        args.out, arch=args.arch, width=args.width, epochs=args.epochs, limit=args.limit, progress=not args.quiet
+    )
+    print(f"final test accuracy {history[-1]['test_accuracy']:.4f}; curves in {args.out}/curves.png")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flax-dsconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     c.add_argument("--out", required=True, help="output directory; read it back with flax_dsconv.load(DIR)")
     c.set_defaults(func=_convert)
+
+    t = sub.add_parser("train", help="train a MobileNet on scikit-learn's digits (resumes from --out)")
+    t.add_argument("--out", default="runs/digits", help="checkpoints, history.json and curves.png go here")
+    t.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
+    t.add_argument("--width", type=float, default=0.5)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--limit", type=int, default=None, help="train on the first N images only (quick runs)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     return args.func(args)
