@@ -171,7 +171,6 @@ def _depthwise_shifted(
     padding: Any,
     dilation: tuple[int, int],
     multiplier: int,
-    precision: Any,
 ) -> Array:
     """Depthwise conv as k² strided slices times per-channel weights, summed.
 
@@ -249,7 +248,7 @@ class DepthwiseConv(nn.Module):
         if implementation == "auto":
             implementation = "shifted" if jax.default_backend() == "cpu" else "xla"
         if implementation == "shifted":
-            y = _depthwise_shifted(x, kernel, strides, padding, dilation, self.depth_multiplier, self.precision)
+            y = _depthwise_shifted(x, kernel, strides, padding, dilation, self.depth_multiplier)
         else:
             y = jax.lax.conv_general_dilated(
                 x,
