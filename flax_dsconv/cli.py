@@ -1,4 +1,4 @@
-"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert`` and ``train``."""
+"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert``, ``train`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import jax
+
+    from flax_dsconv import bench
+
+    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(bench.Settings)}}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+    settings = bench.Settings.for_backend(jax.default_backend(), **overrides)
+    log = (lambda _: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    results = bench.run(settings, log)
+    if args.json:
+        payload = {"machine": bench.describe_machine(), "settings": dataclasses.asdict(settings)}
+        print(json.dumps({**payload, "results": [dataclasses.asdict(r) for r in results]}, indent=2))
+    else:
+        print(bench.describe_machine())
+        print(f"dtype {settings.dtype}, layer input {settings.layer_shape} (NHWC), {settings.resolution}² images")
+        print(bench.format_table(results))
+    return 1 if any(r.error for r in results) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flax-dsconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--limit", type=int, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=_train)
+
+    b = sub.add_parser("bench", help="time Flax (jit) against PyTorch eager (and torch.compile) in one process")
+    b.add_argument("--models", nargs="*", choices=sorted(BUILDERS), help="models to time (default: all; none: skip)")
+    b.add_argument("--no-layers", dest="layers", action="store_false", default=None, help="skip the layer rows")
+    b.add_argument("--compile", dest="torch_compile", action="store_true", default=None, help="add torch.compile")
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
+    b.add_argument("--train-batch", type=int, help="default: 16 on CPU, 256 on GPU")
+    b.add_argument("--infer-batch", type=int, help="default: 16 on CPU, 1024 on GPU")
+    b.add_argument("--resolution", type=int, help="image height and width (default 224)")
+    b.add_argument("--layer-shape", type=int, nargs=4, metavar=("N", "H", "W", "C"), help="layer rows' input")
+    b.add_argument("--repeats", type=int, help="timed calls per row after one warm-up (median reported)")
+    b.add_argument("--peak-gbps", type=float, help="memory bandwidth for the GB/s column (default: from device name)")
+    b.add_argument("--json", action="store_true", help="print machine-readable results")
+    b.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
     return args.func(args)

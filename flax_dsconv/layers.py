@@ -164,6 +164,71 @@ class BatchNorm(nn.Module):
         return functools.partial(cls, **dataclasses.asdict(config), **kwargs)
 
 
+def _shifted_taps(x: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+    """``Σ_ij x[:, i·dh + s·h, j·dw + s·w, c] · kernel[i, j, 0, c]`` over an already padded ``x``."""
+    kh, kw = kernel.shape[:2]
+    out_h = (x.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+    out_w = (x.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            term = _tap(x, i * dilation[0], j * dilation[1], out_h, out_w, strides) * kernel[i, j, 0]
+            y = term if y is None else y + term
+    return y
+
+
+def _tap(x: Array, row: int, col: int, out_h: int, out_w: int, strides: tuple[int, int]) -> Array:
+    """The strided window of ``x`` that kernel tap ``(row, col)`` multiplies."""
+    sh, sw = strides
+    return x[:, row : row + (out_h - 1) * sh + 1 : sh, col : col + (out_w - 1) * sw + 1 : sw]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_padded(x: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+    return _shifted_taps(x, kernel, strides, dilation)
+
+
+def _depthwise_padded_fwd(x, kernel, strides, dilation):
+    return _shifted_taps(x, kernel, strides, dilation), (x, kernel)
+
+
+def _depthwise_padded_bwd(strides, dilation, residuals, g):
+    # Autodiff would transpose each of the k² strided slices into its own full-size padded copy of g. Instead
+    # the input gradient is one more depthwise correlation (g spread back to stride 1, padded, flipped kernel),
+    # and the kernel gradient is k² per-channel sums of window · g, accumulated in float32.
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (sh, sw), (dh, dw) = strides, dilation
+    out_h, out_w = g.shape[1:3]
+    spread = jax.lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        (
+            (0, 0, 0),
+            ((kh - 1) * dh, x.shape[1] - (out_h - 1) * sh - 1, sh - 1),
+            ((kw - 1) * dw, x.shape[2] - (out_w - 1) * sw - 1, sw - 1),
+            (0, 0, 0),
+        ),
+    )
+    dx = _shifted_taps(spread, kernel[::-1, ::-1], (1, 1), dilation)
+    # One variadic reduce over the width axis computes all k² partial sums in a single pass over x and g (k²
+    # separate sums would each materialise window · g first); the (N, H) remainder is a small second sum.
+    products = tuple(
+        (_tap(x, i * dh, j * dw, out_h, out_w, strides) * g).astype(jnp.float32) for i in range(kh) for j in range(kw)
+    )
+    rows = jax.lax.reduce(
+        products, (jnp.float32(0),) * len(products), lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), (2,)
+    )
+    dk = jnp.sum(jnp.stack(rows), axis=(1, 2))
+    return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_padded.defvjp(_depthwise_padded_fwd, _depthwise_padded_bwd)
+
+
+# jit: called eagerly (an un-jitted ``init`` or ``apply``), the ~3k² small ops would each be compiled and
+# dispatched on their own; as one function they compile once per shape. Under an outer jit this is inlined.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _depthwise_shifted(
     x: Array,
     kernel: Array,
@@ -172,7 +237,7 @@ def _depthwise_shifted(
     dilation: tuple[int, int],
     multiplier: int,
 ) -> Array:
-    """Depthwise conv as k² strided slices times per-channel weights, summed.
+    """Depthwise conv as k² strided slices times per-channel weights, summed, with a hand-written VJP.
 
     Same result as the grouped ``conv_general_dilated``; on XLA:CPU it avoids the per-channel matrix products
     of a grouped convolution (and, under autodiff, the dense expansion of its weight gradient).
@@ -185,18 +250,7 @@ def _depthwise_shifted(
             x.shape[1:3], ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1), strides, padding
         )
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    out_h = (x.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-    out_w = (x.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            r, c = i * dilation[0], j * dilation[1]
-            window = x[
-                :, r : r + (out_h - 1) * strides[0] + 1 : strides[0], c : c + (out_w - 1) * strides[1] + 1 : strides[1]
-            ]
-            term = window * kernel[i, j, 0]
-            y = term if y is None else y + term
-    return y
+    return _depthwise_padded(x, kernel, strides, dilation)
 
 
 DEPTHWISE_IMPLEMENTATIONS = ("auto", "xla", "shifted")

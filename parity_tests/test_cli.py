@@ -72,3 +72,30 @@ def test_save_load_round_trips_a_separable_block(tmp_path):
 def test_load_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         flax_dsconv.load(tmp_path)
+
+
+def test_bench_times_every_workload_in_both_frameworks_and_reports_json(capsys):
+    argv = ["bench", "--json", "--models", "mobilenet_v3_small", "--layer-shape", "2", "9", "9", "8"]
+    argv += ["--train-batch", "2", "--infer-batch", "2", "--resolution", "32", "--repeats", "2"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["layer_shape"] == [2, 9, 9, 8] and "jax" in report["machine"]
+    rows = {(r["workload"], r["framework"]): r for r in report["results"]}
+    layers = [f"{layer} {mode}" for layer in ("depthwise 3x3", "pointwise 1x1", "separable block")
+              for mode in ("fwd", "grad")]  # fmt: skip
+    workloads = [*layers, "mobilenet_v3_small inference", "mobilenet_v3_small train step"]
+    assert set(rows) == {(w, f) for w in workloads for f in ("flax", "torch")}
+    for r in rows.values():
+        assert r["error"] is None and 0 < r["median_s"] and 0 < r["first_call_s"]
+        assert r["images_per_s"] == pytest.approx(2 / r["median_s"])
+    assert rows["depthwise 3x3 fwd", "flax"]["gbps"] > 0  # bytes moved are known for the depthwise rows only
+    assert rows["pointwise 1x1 fwd", "flax"]["gbps"] is None
+
+
+def test_bench_table_names_ratios_and_rejects_unknown_models(capsys):
+    argv = ["bench", "--models", "--layer-shape", "1", "8", "8", "4", "--repeats", "1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "flax/torch" in out and "depthwise 3x3 grad" in out and "mobilenet" not in out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--models", "resnet50"])
