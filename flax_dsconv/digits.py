@@ -102,7 +102,7 @@ def train_digits(
     tx = optax.adamw(schedule, weight_decay=weight_decay)
     key = jax.random.key(seed)
     init_key, data_key, dropout_key, augment_key = jax.random.split(key, 4)
-    state = create_train_state(model, model.init(init_key, jnp.asarray(x_train[:1])), tx)
+    state = create_train_state(model, jax.jit(model.init)(init_key, jnp.asarray(x_train[:1])), tx)
 
     manager = ocp.CheckpointManager(
         out_dir / "checkpoints",

@@ -99,6 +99,70 @@ class BatchNormConfig:
     torch_running_var: bool = True
 
 
+def _channel_means(*arrays: Array) -> tuple[Array, ...]:
+    """Per-channel float32 means over every axis but the last, of several same-shape arrays in one pass.
+
+    One variadic reduce over a single axis, then a small sum: XLA:CPU emits it as one fused loop, where
+    separate ``jnp.sum`` calls would each materialise their (elementwise) input, transposed, for a library
+    reduction. Summing one axis first also keeps the float32 error at the level of a pairwise sum.
+    """
+    arrays = tuple(a.astype(jnp.float32) for a in arrays)
+    count = math.prod(arrays[0].shape[:-1])
+    if arrays[0].ndim > 2:
+        arrays = jax.lax.reduce(
+            arrays,
+            (jnp.float32(0),) * len(arrays),
+            lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
+            (arrays[0].ndim - 2,),
+        )
+    return tuple(jnp.sum(a, axis=tuple(range(a.ndim - 1))) / count for a in arrays)
+
+
+def _global(mean: Array, axis_name: str | None) -> Array:
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm_train(
+    x: Array, scale: Array, bias: Array, epsilon: float, axis_name: str | None, dtype: Any
+) -> tuple[Array, Array, Array]:
+    """Train-mode BatchNorm: ``(y, batch mean, biased batch variance)``, statistics in float32."""
+    return _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype):
+    mean = _global(*_channel_means(x), axis_name)
+    # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity.
+    centred = x.astype(jnp.float32) - mean
+    var = _global(*_channel_means(jnp.square(centred)), axis_name)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = centred * (scale.astype(jnp.float32) * rstd) + bias.astype(jnp.float32)
+    return (y.astype(dtype), mean, var), (x, scale, mean, rstd)
+
+
+def _batch_norm_train_bwd(epsilon, axis_name, dtype, residuals, cotangents):
+    # The textbook BatchNorm gradient, with both of its per-channel sums taken in one pass; autodiff's version
+    # takes them separately and, on XLA:CPU, transposes each cotangent to channel-major first. The mean and
+    # variance outputs (used for the running statistics) get their cotangents' terms as well.
+    x, scale, mean, rstd = residuals
+    dy, dmean, dvar = (c.astype(jnp.float32) for c in cotangents)
+    centred = x.astype(jnp.float32) - mean
+    xhat = centred * rstd
+    mean_dy, mean_dy_xhat = _channel_means(dy, dy * xhat)
+    local = math.prod(x.shape[:-1])
+    count = local * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+    # dx sees the statistics of the whole (possibly cross-device) batch; scale and bias get this device's sums.
+    dx = (scale.astype(jnp.float32) * rstd) * (
+        dy - _global(mean_dy, axis_name) - xhat * _global(mean_dy_xhat, axis_name)
+    )
+    dx = dx + dmean / count + dvar * (2.0 / count) * centred
+    dscale, dbias = mean_dy_xhat * local, mean_dy * local
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the last axis with PyTorch's train-mode semantics available.
 
@@ -130,33 +194,21 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
 
         if use_ra:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            axes = tuple(range(x.ndim - 1))
-            n = math.prod(x.shape[:-1])
-            if self.axis_name is not None:
-                n *= jax.lax.axis_size(self.axis_name)
-            if n < 2:
-                raise ValueError(
-                    f"BatchNorm in train mode needs more than 1 value per channel, got input shape "
-                    f"{tuple(x.shape)} (PyTorch raises here too)"
-                )
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
-            # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity.
-            var = jnp.mean(jnp.square(xf - mean), axes)
-            if self.axis_name is not None:
-                var = jax.lax.pmean(var, self.axis_name)
-            if not self.is_initializing():
-                update = var * (n / (n - 1)) if self.torch_running_var else var
-                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * update
-
-        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        y = (x.astype(jnp.float32) - mean) * mul + bias.astype(jnp.float32)
-        return y.astype(self.dtype or x.dtype)
+            mul = scale.astype(jnp.float32) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias.astype(jnp.float32)
+            return y.astype(self.dtype or x.dtype)
+        n = math.prod(x.shape[:-1]) * (1 if self.axis_name is None else jax.lax.axis_size(self.axis_name))
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm in train mode needs more than 1 value per channel, got input shape "
+                f"{tuple(x.shape)} (PyTorch raises here too)"
+            )
+        y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, self.axis_name, jnp.dtype(self.dtype or x.dtype))
+        if not self.is_initializing():
+            update = var * (n / (n - 1)) if self.torch_running_var else var
+            ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * update
+        return y
 
     @classmethod
     def partial(cls, config: BatchNormConfig, **kwargs: Any) -> Callable[..., BatchNorm]:
@@ -211,15 +263,9 @@ def _depthwise_padded_bwd(strides, dilation, residuals, g):
         ),
     )
     dx = _shifted_taps(spread, kernel[::-1, ::-1], (1, 1), dilation)
-    # One variadic reduce over the width axis computes all k² partial sums in a single pass over x and g (k²
-    # separate sums would each materialise window · g first); the (N, H) remainder is a small second sum.
-    products = tuple(
-        (_tap(x, i * dh, j * dw, out_h, out_w, strides) * g).astype(jnp.float32) for i in range(kh) for j in range(kw)
-    )
-    rows = jax.lax.reduce(
-        products, (jnp.float32(0),) * len(products), lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), (2,)
-    )
-    dk = jnp.sum(jnp.stack(rows), axis=(1, 2))
+    # All k² window · g products summed in one pass over x and g (see _channel_means).
+    products = [_tap(x, i * dh, j * dw, out_h, out_w, strides) * g for i in range(kh) for j in range(kw)]
+    dk = jnp.stack(_channel_means(*products)) * math.prod(g.shape[:-1])
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

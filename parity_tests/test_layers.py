@@ -57,9 +57,14 @@ def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     def run(implementation):
         layer = DepthwiseConv(kernel, stride, padding, dilation, multiplier, use_bias=True,
                               implementation=implementation)  # fmt: skip
-        variables = layer.init(jax.random.key(1), x)
-        y, vjp = jax.vjp(layer.apply, variables, x)
-        return y, vjp(jax.random.normal(cotangent_key, y.shape))
+        variables = jax.jit(layer.init)(jax.random.key(1), x)
+
+        @jax.jit
+        def forward_and_vjp(variables, x):
+            y, vjp = jax.vjp(layer.apply, variables, x)
+            return y, vjp(jax.random.normal(cotangent_key, y.shape))
+
+        return forward_and_vjp(variables, x)
 
     y_ref, (dv_ref, dx_ref) = run("xla")
     y, (dv, dx) = run("shifted")

@@ -48,9 +48,17 @@ def stage_outputs(model, x):
     return logits, outputs
 
 
+# Every model at 224; an odd size (193: odd feature maps at every stride-2, TF 'SAME' padding asymmetric) for
+# every torch_ref and torchvision configuration and one timm model per family and padding rule.
+ODD_SIZE = {name for name in MODELS if not name.startswith("timm/")} | {
+    "timm/mobilenetv1_100", "timm/mobilenetv2_120d", "timm/mobilenetv3_large_100", "timm/mobilenetv3_rw",
+    "timm/tf_mobilenetv3_small_100",
+}  # fmt: skip
+CASES = [(name, 224) for name in sorted(MODELS)] + [(name, 193) for name in sorted(ODD_SIZE)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("resolution", [224, 193])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name,resolution", CASES)
 def test_logits_and_every_stage_match_torch(name, resolution):
     x = photo_batch(resolution)
     model = randomize_batchnorm(MODELS[name](), x)

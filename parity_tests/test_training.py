@@ -28,7 +28,7 @@ from flax_dsconv import from_torch, optim, to_torch_state_dict
 # they are up to ~3e-2 (relative) off float64 (oneDNN path, ill-conditioned low-variance channels), JAX's ~4e-5.
 # Tensors whose exact gradient is 0 (a BN bias feeding only train-mode BNs: the batch mean cancels it) are
 # fp32 noise in both frameworks; they must stay below ZERO_GRAD_ATOL * ||g_ref of the whole model||.
-GRAD_RTOL = {"tv_mobilenet_v3_small": 1e-5, "torch_ref_mobilenet_v1_025": 1e-4}
+GRAD_RTOL = {"tv_mobilenet_v2": 5e-5, "torch_ref_mobilenet_v1_025": 5e-5}  # default 1e-5, see GRAD_CASES
 ZERO_GRAD_ATOL = 1e-6
 BN_ATOL = 1e-5  # running_mean / running_var after one train-mode step, absolute
 TRAJ_ATOL = 1e-4  # every parameter and BN statistic after 20 optimizer steps, absolute
@@ -56,21 +56,39 @@ def _rel_err(got: np.ndarray, expected: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------------ gradients
 
+# (torch model, source, input NCHW, relative tolerance). MobileNetV2 and V1 get 5e-5 (measured 3.3e-5 and 4.5e-5):
+# their worst tensors are BatchNorm weight/bias gradients, sums of terms that nearly cancel, so float32 rounding
+# alone (in any framework) leaves that much; the error grows with the batch (8x96² images: 4e-3 on a BN bias).
 GRAD_CASES = {
+    "tv_mobilenet_v2": (
+        lambda: torchvision.models.mobilenet_v2(num_classes=10, dropout=0.0),
+        "torchvision",
+        (4, 3, 64, 64),
+    ),
+    "tv_mobilenet_v3_large": (
+        lambda: torchvision.models.mobilenet_v3_large(num_classes=10, dropout=0.0),
+        "torchvision",
+        (4, 3, 64, 64),
+    ),
     "tv_mobilenet_v3_small": (
         lambda: torchvision.models.mobilenet_v3_small(num_classes=10, dropout=0.0),
         "torchvision",
+        (4, 3, 64, 64),
     ),
-    "torch_ref_mobilenet_v1_025": (lambda: torch_ref.MobileNetV1(0.25, num_classes=10, dropout=0.0), "torch_ref"),
+    "torch_ref_mobilenet_v1_025": (
+        lambda: torch_ref.MobileNetV1(0.25, num_classes=10, dropout=0.0),
+        "torch_ref",
+        (4, 3, 64, 64),
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(GRAD_CASES))
 def test_gradients_and_bn_update_match_torch(name):
-    build, source = GRAD_CASES[name]
+    build, source, shape = GRAD_CASES[name]
     g = torch.Generator().manual_seed(1)
-    x = torch.randn((4, 3, 64, 64), generator=g)
-    y = torch.randint(0, 10, (4,), generator=g)
+    x = torch.randn(shape, generator=g)
+    y = torch.randint(0, 10, (shape[0],), generator=g)
     model = randomize_batchnorm(build(), x.shape).train()
     module, variables = from_torch(model)  # before torch's step changes the running statistics
     reference = copy.deepcopy(model).double()
@@ -94,7 +112,7 @@ def test_gradients_and_bn_update_match_torch(name):
     noise = max((float(np.linalg.norm(jax_grads[k])) / total for k in zero), default=0.0)
     print(f"{name}: max per-tensor relative gradient error {errors[worst]:.2e} ({worst}); "
           f"{len(zero)} exactly-zero gradients, max norm {noise:.1e} of the total")  # fmt: skip
-    assert errors[worst] <= GRAD_RTOL[name], f"{worst}: relative gradient error {errors[worst]:.2e}"
+    assert errors[worst] <= GRAD_RTOL.get(name, 1e-5), f"{worst}: relative gradient error {errors[worst]:.2e}"
     assert noise <= ZERO_GRAD_ATOL
 
     jax_stats = _bn_stats(module, {"params": variables["params"], "batch_stats": new_stats}, source)
@@ -167,12 +185,7 @@ def _batches(n: int = 2):
     return [(torch.randn((16, 3, 64, 64), generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
 
 
-# Nesterov is not in the 20-step set yet: its last step differs by 1.0e-4..1.7e-4 on one depthwise kernel for
-# lr 0.002..0.01 (losses within 9e-6), while plain momentum matches to 4e-7; undiagnosed, tracked in the issue.
-TRAJECTORY_OPTIMIZERS = [k for k in OPTIMIZERS if k != "sgd_nesterov"]
-
-
-@pytest.mark.parametrize("name", TRAJECTORY_OPTIMIZERS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_training_trajectory_matches_torch(name):
     make_jax, make_torch, lr = OPTIMIZERS[name]
     batches = _batches()
