@@ -168,7 +168,7 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
     grad = jax.jit(lambda p, x, ct: jax.vjp(forward, p, x)[1](ct))
     torch_layer.train(train_mode)
     tx_grad = tx.detach().requires_grad_(True)
-    t_cotangent = torch.from_numpy(np.asarray(cotangent, np.float32)).permute(0, 3, 1, 2).to(tx.device, tx.dtype)
+    t_cotangent = torch.from_numpy(np.array(cotangent, np.float32)).permute(0, 3, 1, 2).to(tx.device, tx.dtype)
     t_cotangent = t_cotangent.contiguous(memory_format=torch.channels_last)
 
     def torch_forward(layer: Any) -> Callable[[], Any]:
