@@ -99,15 +99,14 @@ class BatchNormConfig:
     torch_running_var: bool = True
 
 
-def _channel_means(*arrays: Array) -> tuple[Array, ...]:
-    """Per-channel float32 means over every axis but the last, of several same-shape arrays in one pass.
+def _channel_sums(*arrays: Array) -> tuple[Array, ...]:
+    """Per-channel float32 sums over every axis but the last, of several same-shape arrays in one pass.
 
     One variadic reduce over a single axis, then a small sum: XLA:CPU emits it as one fused loop, where
     separate ``jnp.sum`` calls would each materialise their (elementwise) input, transposed, for a library
     reduction. Summing one axis first also keeps the float32 error at the level of a pairwise sum.
     """
     arrays = tuple(a.astype(jnp.float32) for a in arrays)
-    count = math.prod(arrays[0].shape[:-1])
     if arrays[0].ndim > 2:
         arrays = jax.lax.reduce(
             arrays,
@@ -115,11 +114,21 @@ def _channel_means(*arrays: Array) -> tuple[Array, ...]:
             lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
             (arrays[0].ndim - 2,),
         )
-    return tuple(jnp.sum(a, axis=tuple(range(a.ndim - 1))) / count for a in arrays)
+    return tuple(jnp.sum(a, axis=tuple(range(a.ndim - 1))) for a in arrays)
 
 
-def _global(mean: Array, axis_name: str | None) -> Array:
-    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+def _count(x: Array, axis_name: str | None) -> int:
+    """Values per channel in the (possibly cross-device) batch."""
+    return math.prod(x.shape[:-1]) * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+
+
+def _global_mean(local_sum: Array, x: Array, axis_name: str | None) -> Array:
+    total = local_sum if axis_name is None else jax.lax.psum(local_sum, axis_name)
+    return total / _count(x, axis_name)
+
+
+def _normalise(x: Array, mean: Array, rstd: Array, scale: Array, bias: Array) -> Array:
+    return (x.astype(jnp.float32) - mean) * (scale.astype(jnp.float32) * rstd) + bias.astype(jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -131,12 +140,11 @@ def _batch_norm_train(
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype):
-    mean = _global(*_channel_means(x), axis_name)
+    mean = _global_mean(*_channel_sums(x), x, axis_name)
     # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity.
-    centred = x.astype(jnp.float32) - mean
-    var = _global(*_channel_means(jnp.square(centred)), axis_name)
+    var = _global_mean(*_channel_sums(jnp.square(x.astype(jnp.float32) - mean)), x, axis_name)
     rstd = jax.lax.rsqrt(var + epsilon)
-    y = centred * (scale.astype(jnp.float32) * rstd) + bias.astype(jnp.float32)
+    y = _normalise(x, mean, rstd, scale, bias)
     return (y.astype(dtype), mean, var), (x, scale, mean, rstd)
 
 
@@ -148,15 +156,13 @@ def _batch_norm_train_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     dy, dmean, dvar = (c.astype(jnp.float32) for c in cotangents)
     centred = x.astype(jnp.float32) - mean
     xhat = centred * rstd
-    mean_dy, mean_dy_xhat = _channel_means(dy, dy * xhat)
-    local = math.prod(x.shape[:-1])
-    count = local * (1 if axis_name is None else jax.lax.axis_size(axis_name))
-    # dx sees the statistics of the whole (possibly cross-device) batch; scale and bias get this device's sums.
+    dbias, dscale = _channel_sums(dy, dy * xhat)  # this device's sums: the parameters' gradients
+    # dx sees the statistics of the whole (possibly cross-device) batch.
     dx = (scale.astype(jnp.float32) * rstd) * (
-        dy - _global(mean_dy, axis_name) - xhat * _global(mean_dy_xhat, axis_name)
+        dy - _global_mean(dbias, x, axis_name) - xhat * _global_mean(dscale, x, axis_name)
     )
+    count = _count(x, axis_name)
     dx = dx + dmean / count + dvar * (2.0 / count) * centred
-    dscale, dbias = mean_dy_xhat * local, mean_dy * local
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
@@ -194,10 +200,9 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
 
         if use_ra:
-            mul = scale.astype(jnp.float32) * jax.lax.rsqrt(ra_var.value + self.epsilon)
-            y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias.astype(jnp.float32)
+            y = _normalise(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
             return y.astype(self.dtype or x.dtype)
-        n = math.prod(x.shape[:-1]) * (1 if self.axis_name is None else jax.lax.axis_size(self.axis_name))
+        n = _count(x, self.axis_name)
         if n < 2:
             raise ValueError(
                 f"BatchNorm in train mode needs more than 1 value per channel, got input shape "
@@ -263,9 +268,9 @@ def _depthwise_padded_bwd(strides, dilation, residuals, g):
         ),
     )
     dx = _shifted_taps(spread, kernel[::-1, ::-1], (1, 1), dilation)
-    # All k² window · g products summed in one pass over x and g (see _channel_means).
+    # All k² window · g products summed in one pass over x and g (see _channel_sums).
     products = [_tap(x, i * dh, j * dw, out_h, out_w, strides) * g for i in range(kh) for j in range(kw)]
-    dk = jnp.stack(_channel_means(*products)) * math.prod(g.shape[:-1])
+    dk = jnp.stack(_channel_sums(*products))
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
