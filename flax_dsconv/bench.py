@@ -110,16 +110,23 @@ def _torch_setup(settings: Settings) -> tuple[Any, Any, Any]:
     return device, dtype, sync
 
 
-def _layer_workloads(settings: Settings) -> list[_Workload]:
+def _to_torch(a: Any, device: Any, dtype: Any = None) -> Any:
+    """An NHWC array as the NCHW, channels_last tensor PyTorch's fast CPU/GPU kernels take."""
     import torch
 
-    device, tdtype, _ = _torch_setup(settings)
+    t = torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2).to(device, dtype)
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _layer_workloads(settings: Settings, device: Any, tdtype: Any) -> list[_Workload]:
+    import torch
+
     jdtype = jnp.dtype(settings.dtype)
     n, h, w, c = settings.layer_shape
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((n, h, w, c), dtype=np.float32)
     x = jnp.asarray(x_np, jdtype)
-    tx = torch.from_numpy(x_np).permute(0, 3, 1, 2).to(device, tdtype).contiguous(memory_format=torch.channels_last)
+    tx = _to_torch(x_np, device, tdtype)
 
     specs = {
         "depthwise 3x3": (
@@ -168,8 +175,7 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
     grad = jax.jit(lambda p, x, ct: jax.vjp(forward, p, x)[1](ct))
     torch_layer.train(train_mode)
     tx_grad = tx.detach().requires_grad_(True)
-    t_cotangent = torch.from_numpy(np.array(cotangent, np.float32)).permute(0, 3, 1, 2).to(tx.device, tx.dtype)
-    t_cotangent = t_cotangent.contiguous(memory_format=torch.channels_last)
+    t_cotangent = _to_torch(cotangent, tx.device, tx.dtype)
 
     def torch_forward(layer: Any) -> Callable[[], Any]:
         def run() -> Any:
@@ -218,13 +224,12 @@ def _torch_model(arch: str) -> Any:
     return getattr(torchvision.models, arch)()
 
 
-def _model_workloads(settings: Settings, arch: str) -> list[_Workload]:
+def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) -> list[_Workload]:
     import torch
 
     from flax_dsconv import optim
     from flax_dsconv.convert import from_torch
 
-    device, tdtype, _ = _torch_setup(settings)
     torch_model = _torch_model(arch)
     module, variables = from_torch(torch_model)
     if settings.dtype != "float32":
@@ -239,7 +244,7 @@ def _model_workloads(settings: Settings, arch: str) -> list[_Workload]:
     b = settings.infer_batch
     x_np = rng.standard_normal((b, r, r, 3), dtype=np.float32)
     x = jnp.asarray(x_np)
-    tx = torch.from_numpy(x_np).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+    tx = _to_torch(x_np, device)
     infer = jax.jit(module.apply)
 
     def torch_infer(m):
@@ -266,7 +271,7 @@ def _model_workloads(settings: Settings, arch: str) -> list[_Workload]:
     x_np = rng.standard_normal((b, r, r, 3), dtype=np.float32)
     y_np = rng.integers(0, 1000, b)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-    tx = torch.from_numpy(x_np).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+    tx = _to_torch(x_np, device)
     ty = torch.from_numpy(y_np).to(device)
     state = [train.create_train_state(module, variables, optim.sgd(0.01, momentum=0.9))]
     step = train.jit_train_step()
@@ -307,14 +312,14 @@ def _peak_gbps(settings: Settings) -> float | None:
 
 def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list[Result]:
     """Run every workload ``settings`` names; one :class:`Result` per workload and framework."""
-    _, _, torch_sync = _torch_setup(settings)
+    device, tdtype, torch_sync = _torch_setup(settings)
     unknown = set(settings.models) - set(MODELS)
     if unknown:
         raise ValueError(f"unknown models {sorted(unknown)}; expected some of {list(MODELS)}")
     workloads: list[Callable[[], list[_Workload]]] = []
     if settings.layers:
-        workloads.append(lambda: _layer_workloads(settings))
-    workloads += [lambda arch=arch: _model_workloads(settings, arch) for arch in settings.models]
+        workloads.append(lambda: _layer_workloads(settings, device, tdtype))
+    workloads += [lambda arch=arch: _model_workloads(settings, arch, device, tdtype) for arch in settings.models]
     peak = _peak_gbps(settings)
     results = []
     for build in workloads:
