@@ -1,16 +1,42 @@
 #!/usr/bin/env bash
-# GPU benchmark: Flax (jit, bf16) vs PyTorch eager and torch.compile on one GPU, in one process.
-# Layers at N256·56²·C144, MobileNetV2 train step at batch 256 and inference at batch 1024 (the defaults
-# `flax-dsconv bench` picks on a GPU). Writes the table to stdout and bench_gpu.json next to it.
-#   bash benchmarks/gpu.sh            # needs jax[cuda] and a CUDA torch in the environment
-set -euo pipefail
-out="${1:-bench_gpu.json}"
-# The whole run is bounded: compile included it must fit in 5 minutes on one H100.
-timeout 300 flax-dsconv bench --compile --models mobilenet_v2 --json > "$out"
-python - "$out" <<'PY'
-import json, sys
+# GPU benchmark: Flax (jit, bf16) vs PyTorch eager and torch.compile on one GPU, in one process per row group.
+# Layers at N256·56²·C144 with each depthwise implementation, MobileNetV2 train step at batch 256 and inference
+# at batch 1024 (the defaults `flax-dsconv bench` picks on a GPU), then the parity table on the GPU.
+#   bash benchmarks/gpu.sh [OUTDIR]     # needs jax[cuda] and a CUDA torch; ~6 minutes on one H100/H200
+# Every step is bounded by `timeout` and a failed step does not stop the rest. Results: OUTDIR/*.json, *.txt.
+set -uo pipefail
+out="${1:-bench_gpu}"
+mkdir -p "$out"
+# JAX and torch share the GPU in one process: keep JAX from taking 75% of its memory up front.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}"
+fd="${FLAX_DSCONV:-python3 -m flax_dsconv}"
+extra="${BENCH_ARGS:-}"  # e.g. "--train-batch 2 --resolution 64" for a quick dry run on a CPU
+
+step() {  # step NAME SECONDS ARGS...: run `flax-dsconv ARGS` under a time limit, JSON to OUTDIR/NAME.json
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" $fd "$@" $extra > "$out/$name.json" 2> "$out/$name.log"
+  echo "== $name: exit $? in $((SECONDS - t0)) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+step layers_xla 150 bench --models --depthwise xla --json
+step layers_shifted 120 bench --models --depthwise shifted --json
+step v2_shifted 240 bench --no-layers --models mobilenet_v2 --depthwise shifted --compile --json
+step v2_xla 180 bench --no-layers --models mobilenet_v2 --depthwise xla --json
+t0=$SECONDS
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $fd parity ${PARITY_ARGS:-} > "$out/parity.txt" 2> "$out/parity.log"
+echo "== parity: exit $? in $((SECONDS - t0)) s"
+python3 - "$out" <<'PY'
+import json, pathlib, sys
 from flax_dsconv.bench import Result, format_table
-report = json.load(open(sys.argv[1]))
-print(report["machine"])
-print(format_table([Result(**r) for r in report["results"]]))
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        print(f"{path.name}: no result"); continue
+    print(f"\n## {path.stem}: {report['machine']}; depthwise {report['settings']['depthwise']!r}")
+    print(format_table([Result(**r) for r in report["results"]]))
 PY
+cat "$out/parity.txt"

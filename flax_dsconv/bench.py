@@ -46,6 +46,7 @@ class Settings:
     models: tuple[str, ...] = MODELS
     layers: bool = True
     torch_compile: bool = False
+    depthwise: str = "auto"  # DepthwiseConv implementation for every Flax workload
     repeats: int = 10
     peak_gbps: float | None = None
 
@@ -130,7 +131,7 @@ def _layer_workloads(settings: Settings, device: Any, tdtype: Any) -> list[_Work
 
     specs = {
         "depthwise 3x3": (
-            layers.DepthwiseConv(3, dtype=jdtype, param_dtype=jdtype),
+            layers.DepthwiseConv(3, dtype=jdtype, param_dtype=jdtype, implementation=settings.depthwise),
             torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
         ),
         "pointwise 1x1": (
@@ -138,7 +139,7 @@ def _layer_workloads(settings: Settings, device: Any, tdtype: Any) -> list[_Work
             torch.nn.Conv2d(c, c, 1, bias=False),
         ),
         "separable block": (
-            layers.DepthwiseSeparableConv(c, dtype=jdtype),
+            layers.DepthwiseSeparableConv(c, dtype=jdtype, depthwise=settings.depthwise),
             torch.nn.Sequential(
                 torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
                 torch.nn.BatchNorm2d(c),
@@ -201,7 +202,7 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
             x.shape[0],
             lambda: fwd(params, x),
             torch_forward(torch_layer),
-            torch_forward(compiled) if compiled else None,
+            torch_forward(compiled) if compiled is not None else None,
             nbytes if name.startswith("depthwise") else None,
         ),
         _Workload(
@@ -209,7 +210,7 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
             x.shape[0],
             lambda: grad(params, x, cotangent),
             torch_grad(torch_layer),
-            torch_grad(compiled) if compiled else None,
+            torch_grad(compiled) if compiled is not None else None,
         ),
     ]
 
@@ -232,6 +233,7 @@ def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) ->
 
     torch_model = _torch_model(arch)
     module, variables = from_torch(torch_model)
+    module = module.clone(depthwise=settings.depthwise)
     if settings.dtype != "float32":
         module = module.clone(dtype=jnp.dtype(settings.dtype))  # bf16 compute, fp32 params and BN statistics
     torch_model = torch_model.to(device).to(memory_format=torch.channels_last)
@@ -262,7 +264,7 @@ def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) ->
             b,
             lambda: infer(variables, x),
             torch_infer(torch_model),
-            torch_infer(compiled) if compiled else None,
+            torch_infer(compiled) if compiled is not None else None,
         )
     )
 
@@ -296,7 +298,7 @@ def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) ->
 
     torch_model.train()
     compiled = torch.compile(torch_model) if settings.torch_compile else None
-    compiled_train = torch_train(compiled) if compiled else None
+    compiled_train = torch_train(compiled) if compiled is not None else None
     out.append(_Workload(f"{arch} train step", b, flax_train, torch_train(torch_model), compiled_train))
     return out
 

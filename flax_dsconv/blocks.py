@@ -42,6 +42,7 @@ class InvertedResidual(nn.Module):
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Dtype | None = None
+    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -51,7 +52,13 @@ class InvertedResidual(nn.Module):
         x = PointwiseConv(self.expand_channels, dtype=self.dtype, name="conv_pw")(x)
         x = act(norm(name="bn1")(x))
         x = DepthwiseConv(
-            self.kernel_size, self.strides, self.padding, self.dilation, dtype=self.dtype, name="conv_dw"
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation,
+            dtype=self.dtype,
+            implementation=self.depthwise,
+            name="conv_dw",
         )(x)
         x = act(norm(name="bn2")(x))
         if self.se_channels:

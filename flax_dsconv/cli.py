@@ -99,7 +99,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps({**payload, "results": [dataclasses.asdict(r) for r in results]}, indent=2))
     else:
         print(bench.describe_machine())
-        print(f"dtype {settings.dtype}, layer input {settings.layer_shape} (NHWC), {settings.resolution}² images")
+        print(
+            f"dtype {settings.dtype}, layer input {settings.layer_shape} (NHWC), {settings.resolution}² images, "
+            f"depthwise {settings.depthwise!r}"
+        )
         print(bench.format_table(results))
     return 1 if any(r.error for r in results) else 0
 
@@ -113,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_parity)
 
+    from flax_dsconv.layers import DEPTHWISE_IMPLEMENTATIONS
     from flax_dsconv.mobilenet import BUILDERS
 
     s = sub.add_parser("summary", help="per-layer parameters and mult-adds")
@@ -149,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--no-layers", dest="layers", action="store_false", default=None, help="skip the layer rows")
     b.add_argument("--compile", dest="torch_compile", action="store_true", default=None, help="add torch.compile")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
+    b.add_argument(
+        "--depthwise", choices=DEPTHWISE_IMPLEMENTATIONS, help="DepthwiseConv implementation (default: auto)"
+    )
     b.add_argument("--train-batch", type=int, help="default: 16 on CPU, 256 on GPU")
     b.add_argument("--infer-batch", type=int, help="default: 16 on CPU, 1024 on GPU")
     b.add_argument("--resolution", type=int, help="image height and width (default 224)")

@@ -485,6 +485,7 @@ class DepthwiseSeparableConv(nn.Module):
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Dtype | None = None
+    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -498,6 +499,7 @@ class DepthwiseSeparableConv(nn.Module):
             self.dilation,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            implementation=self.depthwise,
             name="conv_dw",
         )(x)
         x = act(norm(name="bn1")(x))

@@ -108,6 +108,7 @@ class MobileNet(nn.Module):
     config: MobileNetConfig
     dtype: Dtype | None = None
     axis_name: str | None = None
+    depthwise: str = "auto"  # every DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -148,6 +149,7 @@ class MobileNet(nn.Module):
             dtype=self.dtype,
             name=name,
         )
+        depthwise = dict(depthwise=self.depthwise)
         if b.kind == "ds":
             return DepthwiseSeparableConv(
                 b.out_channels,
@@ -156,6 +158,7 @@ class MobileNet(nn.Module):
                 se_channels=b.se_channels,
                 se_act=b.se_act,
                 se_gate=b.se_gate,
+                **depthwise,
                 **common,
             )
         if b.kind == "ir":
@@ -166,6 +169,7 @@ class MobileNet(nn.Module):
                 se_channels=b.se_channels,
                 se_act=b.se_act,
                 se_gate=b.se_gate,
+                **depthwise,
                 **common,
             )
         if b.kind == "conv":

@@ -92,10 +92,35 @@ def test_bench_times_every_workload_in_both_frameworks_and_reports_json(capsys):
     assert rows["pointwise 1x1 fwd", "flax"]["gbps"] is None
 
 
+def test_bench_compile_flag_adds_a_torch_compile_row_per_workload(capsys, monkeypatch):
+    import torch
+
+    class Compiled(torch.nn.Module):  # like dynamo's OptimizedModule: callable, but len() raises
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            return self.module(*args)
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+    monkeypatch.setattr(torch, "compile", Compiled)  # a real compile takes minutes on this CPU
+    argv = ["bench", "--json", "--compile", "--models", "mobilenet_v3_small", "--no-layers", "--depthwise", "xla"]
+    assert cli.main([*argv, "--train-batch", "2", "--infer-batch", "2", "--resolution", "32", "--repeats", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["depthwise"] == "xla"
+    frameworks = {(r["workload"], r["framework"]) for r in report["results"] if r["error"] is None}
+    for workload in ("mobilenet_v3_small inference", "mobilenet_v3_small train step"):
+        assert {(workload, f) for f in ("flax", "torch", "torch.compile")} <= frameworks
+
+
 def test_bench_table_names_ratios_and_rejects_unknown_models(capsys):
-    argv = ["bench", "--models", "--layer-shape", "1", "8", "8", "4", "--repeats", "1"]
+    argv = ["bench", "--models", "--layer-shape", "1", "8", "8", "4", "--repeats", "1", "--depthwise", "shifted"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "flax/torch" in out and "depthwise 3x3 grad" in out and "mobilenet" not in out
+    assert "depthwise 'shifted'" in out
     with pytest.raises(SystemExit):
         cli.main(["bench", "--models", "resnet50"])

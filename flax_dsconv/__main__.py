@@ -1,0 +1,7 @@
+"""``python -m flax_dsconv ...``: the ``flax-dsconv`` command without the installed script."""
+
+import sys
+
+from flax_dsconv.cli import main
+
+sys.exit(main())
