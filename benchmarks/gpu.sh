@@ -21,12 +21,12 @@ step() {  # step NAME SECONDS ARGS...: run `flax-dsconv ARGS` under a time limit
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-step layers_xla 150 bench --models --depthwise xla --json
-step layers_shifted 120 bench --models --depthwise shifted --json
-step v2_shifted 240 bench --no-layers --models mobilenet_v2 --depthwise shifted --compile --json
-step v2_xla 180 bench --no-layers --models mobilenet_v2 --depthwise xla --json
+step layers_xla 100 bench --models --depthwise xla --json
+step layers_shifted 80 bench --models --depthwise shifted --json
+step v2_shifted 200 bench --no-layers --models mobilenet_v2 --depthwise shifted --compile --json
+step v2_xla 150 bench --no-layers --models mobilenet_v2 --depthwise xla --json
 t0=$SECONDS
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $fd parity ${PARITY_ARGS:-} > "$out/parity.txt" 2> "$out/parity.log"
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 $fd parity ${PARITY_ARGS:-} > "$out/parity.txt" 2> "$out/parity.log"
 echo "== parity: exit $? in $((SECONDS - t0)) s"
 python3 - "$out" <<'PY'
 import json, pathlib, sys
