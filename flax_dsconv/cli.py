@@ -20,9 +20,11 @@ def _parity(args: argparse.Namespace) -> int:
         cases = [c for c in cases if c.label in args.models]
     results = []
     for case in cases:
-        results.append(parity.check(case))
-        if not args.json:
-            print(f"  checked {case.label} ({case.source})", file=sys.stderr, flush=True)
+        r = parity.check(case)
+        results.append(r)
+        if not args.json:  # progress, one line per model as it finishes
+            status = "ok" if r.ok else "FAIL"
+            print(f"  {r.label} ({r.source}): max |Δ| {r.max_abs_diff:.1e}, {r.seconds:.1f}s, {status}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**r.__dict__, "ok": r.ok} for r in results], indent=2))
     else:
