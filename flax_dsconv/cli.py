@@ -23,8 +23,8 @@ def _parity(args: argparse.Namespace) -> int:
         r = parity.check(case)
         results.append(r)
         if not args.json:  # progress, one line per model as it finishes
-            status = "ok" if r.ok else "FAIL"
-            print(f"  {r.label} ({r.source}): max |Δ| {r.max_abs_diff:.1e}, {r.seconds:.1f}s, {status}", file=sys.stderr)
+            line = f"  {r.label} ({r.source}): max |Δ| {r.max_abs_diff:.1e}, {r.seconds:.1f}s"
+            print(f"{line}, {'ok' if r.ok else 'FAIL'}", file=sys.stderr)
     if args.json:
         print(json.dumps([{**r.__dict__, "ok": r.ok} for r in results], indent=2))
     else:
