@@ -172,7 +172,8 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
 
     fwd = jax.jit(forward)
     # Random, and an argument: a constant cotangent would be folded into the compiled gradient.
-    cotangent = jax.random.normal(jax.random.key(1), fwd(params, x).shape, x.dtype)
+    # (its shape from eval_shape: calling fwd here would compile it before its first call is timed)
+    cotangent = jax.random.normal(jax.random.key(1), jax.eval_shape(forward, params, x).shape, x.dtype)
     grad = jax.jit(lambda p, x, ct: jax.vjp(forward, p, x)[1](ct))
     torch_layer.train(train_mode)
     tx_grad = tx.detach().requires_grad_(True)

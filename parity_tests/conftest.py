@@ -22,8 +22,10 @@ def assert_close(got, expected, atol: float = ATOL) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
 
 
-def random_variables(module, x, seed: int = 0) -> dict:
+def random_variables(module, x, seed: int = 0, fan: str = "in") -> dict:
     """He-normal conv kernels, unit BN scales, zero biases and statistics for ``module`` on input ``x``, in numpy.
+
+    ``fan='out'`` scales kernels as the library's ``conv_kernel_init`` does (He-normal over fan-out).
 
     For tests that need *some* Flax-built variables, not Flax's initializers: tracing shapes with
     ``eval_shape`` takes a fraction of a second, where ``module.init`` compiles every initializer (tens of
@@ -35,7 +37,8 @@ def random_variables(module, x, seed: int = 0) -> dict:
     def fill(path, leaf):
         name = path[-1].key
         if name == "kernel":  # the classifier as the builders initialise it: small logits
-            std = 0.01 if path[1].key == "classifier" else np.sqrt(2 / np.prod(leaf.shape[:-1]))
+            fan_size = np.prod(leaf.shape[:-1]) if fan == "in" else np.prod(leaf.shape[:-2]) * leaf.shape[-1]
+            std = 0.01 if path[1].key == "classifier" else np.sqrt(2 / fan_size)
             return (rng.standard_normal(leaf.shape) * std).astype(leaf.dtype)
         return (np.ones if name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
 

@@ -45,6 +45,10 @@ def _loss(module, params, batch_stats, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
 
 
+# Static in the module (a hashable Linen dataclass): tests that build the same model share one compilation.
+_value_and_grad = jax.jit(jax.value_and_grad(_loss, argnums=1, has_aux=True), static_argnums=0)
+
+
 def _bn_stats(module, variables, source) -> dict[str, np.ndarray]:
     sd = to_torch_state_dict(module, variables, source=source)
     return {k: v.numpy() for k, v in sd.items() if k.endswith(("running_mean", "running_var"))}
@@ -215,12 +219,15 @@ def test_training_trajectory_matches_torch(name):
     tx = make_jax(lr)
 
     @jax.jit
-    def train_step(params, batch_stats, opt_state, x, y):
-        (loss, batch_stats), grads = jax.value_and_grad(functools.partial(_loss, module), has_aux=True)(
-            params, batch_stats, x, y
-        )
+    def update(params, grads, opt_state):
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+        return optax.apply_updates(params, updates), opt_state
+
+    def train_step(params, batch_stats, opt_state, x, y):
+        # Two jits: the gradient one is the same for every optimizer, so it compiles once for all these tests.
+        (loss, batch_stats), grads = _value_and_grad(module, params, batch_stats, x, y)
+        params, opt_state = update(params, grads, opt_state)
+        return params, batch_stats, opt_state, loss
 
     params, batch_stats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
