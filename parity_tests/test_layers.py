@@ -51,20 +51,27 @@ def test_depthwise_matches_torch(kernel, stride, size, dilation, multiplier, bia
 def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     kernel, stride, size, dilation, multiplier, padding
 ):
-    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
-    cotangent_key = jax.random.key(2)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, size, size + 1, 3), np.float32))
+    layers = {
+        implementation: DepthwiseConv(kernel, stride, padding, dilation, multiplier, use_bias=True,
+                                      implementation=implementation)
+        for implementation in ("xla", "shifted")
+    }  # fmt: skip
+    # One set of variables for both (same parameters by design), drawn in numpy: layer.init would compile
+    # the random initializers, most of this test's time.
+    shapes = jax.eval_shape(layers["xla"].init, jax.random.key(1), x)
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)), shapes)
+    y_shape = jax.eval_shape(layers["xla"].apply, variables, x).shape
+    cotangent = jnp.asarray(rng.standard_normal(y_shape, np.float32))
 
     def run(implementation):
-        layer = DepthwiseConv(kernel, stride, padding, dilation, multiplier, use_bias=True,
-                              implementation=implementation)  # fmt: skip
-        variables = jax.jit(layer.init)(jax.random.key(1), x)
-
         @jax.jit
-        def forward_and_vjp(variables, x):
-            y, vjp = jax.vjp(layer.apply, variables, x)
-            return y, vjp(jax.random.normal(cotangent_key, y.shape))
+        def forward_and_vjp(variables, x, cotangent):
+            y, vjp = jax.vjp(layers[implementation].apply, variables, x)
+            return y, vjp(cotangent)
 
-        return forward_and_vjp(variables, x)
+        return forward_and_vjp(variables, x, cotangent)
 
     y_ref, (dv_ref, dx_ref) = run("xla")
     y, (dv, dx) = run("shifted")
