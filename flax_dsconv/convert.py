@@ -616,7 +616,8 @@ def to_torch_state_dict(
 
     ``source`` picks the torch layout (``'torch_ref'``, ``'timm'``, ``'torchvision'``). For a
     :class:`DepthwiseSeparableConv`, ``arch='dsconv'`` selects the seed's ``DSConv`` keys (the default when
-    the block is :func:`seed_dsconv`-shaped). BatchNorms get ``num_batches_tracked = 0``.
+    the block is :func:`seed_dsconv`-shaped). BatchNorms get ``num_batches_tracked = 0``. Tensors are float32
+    (float64 arrays stay float64).
     """
     import torch
 
@@ -626,7 +627,8 @@ def to_torch_state_dict(
     flat = traverse_util.flatten_dict(variables)
     out: dict[str, torch.Tensor] = {}
     for e in entries:
-        arr = np.asarray(flat[e.flax_key], dtype=np.float32)
+        value = flat[e.flax_key]  # float64 (x64) stays float64; every other float type becomes float32
+        arr = np.asarray(value, dtype=np.float64 if value.dtype == np.float64 else np.float32)
         out[e.torch_key] = torch.from_numpy(np.array(_TO_TORCH[e.layout](arr), copy=True))
         if e.torch_key.endswith(".running_var"):
             out[e.torch_key[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)

@@ -99,18 +99,24 @@ class BatchNormConfig:
     torch_running_var: bool = True
 
 
+def _stat_dtype(*arrays: Array) -> Any:
+    """Statistics and their gradients: float32, or float64 when an input is (``jax_enable_x64``)."""
+    return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+
+
 def _channel_sums(*arrays: Array) -> tuple[Array, ...]:
-    """Per-channel float32 sums over every axis but the last, of several same-shape arrays in one pass.
+    """Per-channel sums (in :func:`_stat_dtype`) over every axis but the last, of same-shape arrays, one pass.
 
     One variadic reduce over a single axis, then a small sum: XLA:CPU emits it as one fused loop, where
     separate ``jnp.sum`` calls would each materialise their (elementwise) input, transposed, for a library
     reduction. Summing one axis first also keeps the float32 error at the level of a pairwise sum.
     """
-    arrays = tuple(a.astype(jnp.float32) for a in arrays)
+    dtype = _stat_dtype(*arrays)
+    arrays = tuple(a.astype(dtype) for a in arrays)
     if arrays[0].ndim > 2:
         arrays = jax.lax.reduce(
             arrays,
-            (jnp.float32(0),) * len(arrays),
+            (jnp.zeros((), dtype),) * len(arrays),
             lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
             (arrays[0].ndim - 2,),
         )
@@ -128,21 +134,22 @@ def _global_mean(local_sum: Array, x: Array, axis_name: str | None) -> Array:
 
 
 def _normalise(x: Array, mean: Array, rstd: Array, scale: Array, bias: Array) -> Array:
-    return (x.astype(jnp.float32) - mean) * (scale.astype(jnp.float32) * rstd) + bias.astype(jnp.float32)
+    dtype = _stat_dtype(x, mean, scale)
+    return (x.astype(dtype) - mean) * (scale.astype(dtype) * rstd) + bias.astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _batch_norm_train(
     x: Array, scale: Array, bias: Array, epsilon: float, axis_name: str | None, dtype: Any
 ) -> tuple[Array, Array, Array]:
-    """Train-mode BatchNorm: ``(y, batch mean, biased batch variance)``, statistics in float32."""
+    """Train-mode BatchNorm: ``(y, batch mean, biased batch variance)``, statistics in float32 (or float64)."""
     return _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype)[0]
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype):
     mean = _global_mean(*_channel_sums(x), x, axis_name)
     # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity.
-    var = _global_mean(*_channel_sums(jnp.square(x.astype(jnp.float32) - mean)), x, axis_name)
+    var = _global_mean(*_channel_sums(jnp.square(x.astype(mean.dtype) - mean)), x, axis_name)
     rstd = jax.lax.rsqrt(var + epsilon)
     y = _normalise(x, mean, rstd, scale, bias)
     return (y.astype(dtype), mean, var), (x, scale, mean, rstd)
@@ -153,12 +160,12 @@ def _batch_norm_train_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     # takes them separately and, on XLA:CPU, transposes each cotangent to channel-major first. The mean and
     # variance outputs (used for the running statistics) get their cotangents' terms as well.
     x, scale, mean, rstd = residuals
-    dy, dmean, dvar = (c.astype(jnp.float32) for c in cotangents)
-    centred = x.astype(jnp.float32) - mean
+    dy, dmean, dvar = (c.astype(mean.dtype) for c in cotangents)
+    centred = x.astype(mean.dtype) - mean
     xhat = centred * rstd
     dbias, dscale = _channel_sums(dy, dy * xhat)  # this device's sums: the parameters' gradients
     # dx sees the statistics of the whole (possibly cross-device) batch.
-    dx = (scale.astype(jnp.float32) * rstd) * (
+    dx = (scale.astype(mean.dtype) * rstd) * (
         dy - _global_mean(dbias, x, axis_name) - xhat * _global_mean(dscale, x, axis_name)
     )
     count = _count(x, axis_name)
@@ -175,8 +182,9 @@ class BatchNorm(nn.Module):
     Variables are named as in ``flax.linen.BatchNorm`` (params ``scale``/``bias``, batch_stats
     ``mean``/``var``). Normalisation uses the biased batch variance in both frameworks; PyTorch updates
     ``running_var`` with the unbiased one (``n / (n - 1)``), which ``torch_running_var`` reproduces.
-    Statistics are computed in float32 whatever ``dtype`` is. Under ``jit`` with a batch sharded over
-    devices, the means are global (synchronised BN); under ``shard_map``/``pmap`` name the axis.
+    Statistics are computed in float32 whatever ``dtype`` is (float64 for float64 inputs under x64). Under
+    ``jit`` with a batch sharded over devices, the means are global (synchronised BN); under
+    ``shard_map``/``pmap`` name the axis.
 
     >>> bn = BatchNorm(use_running_average=False)
     >>> y, updates = bn.apply(bn.init(key, x), x, mutable=["batch_stats"])
