@@ -130,8 +130,11 @@ def test_gradients_and_bn_update_match_torch(name):
     print(f"{name}: max |Δ| running stats after one train step {bn_err:.2e}")
     assert bn_err <= BN_ATOL
 
-    if name not in GRAD_RTOL:
-        return
+    if name in GRAD_RTOL:  # the looser fp32 bound: show that float64 closes the gap
+        _assert_float64_gradients_match(name, module, variables, x, y, torch_grads, zero, source)
+
+
+def _assert_float64_gradients_match(name, module, variables, x, y, torch_grads, zero, source):
     # The same gradient in float64 on both sides: what is left is the mapping and the maths, not rounding.
     with jax.enable_x64(True):
         f64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
