@@ -184,7 +184,8 @@ class BatchNorm(nn.Module):
     ``running_var`` with the unbiased one (``n / (n - 1)``), which ``torch_running_var`` reproduces.
     Statistics are computed in float32 whatever ``dtype`` is (float64 for float64 inputs under x64). Under
     ``jit`` with a batch sharded over devices, the means are global (synchronised BN); under
-    ``shard_map``/``pmap`` name the axis.
+    ``shard_map``/``pmap`` name the axis and differentiate inside the mapped function (under ``vmap`` with an
+    axis name, a ``jax.grad`` taken outside the ``vmap`` fails: JAX runs the custom backward unbound).
 
     >>> bn = BatchNorm(use_running_average=False)
     >>> y, updates = bn.apply(bn.init(key, x), x, mutable=["batch_stats"])

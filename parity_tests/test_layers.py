@@ -1,5 +1,6 @@
 """Layer-level parity: every conv, norm and block equals its PyTorch counterpart (fp32, CPU, 1e-5)."""
 
+import functools
 import itertools
 
 import chex
@@ -151,6 +152,41 @@ def test_batchnorm_flax_biased_update_stays_available():
     _, a = ours.apply(v, x, mutable=["batch_stats"])
     _, b = theirs.apply(v, x, mutable=["batch_stats"])
     np.testing.assert_allclose(a["batch_stats"]["var"], b["batch_stats"]["var"], rtol=0, atol=1e-6)
+
+
+def test_batchnorm_axis_name_is_one_big_batch_forward_gradients_and_running_stats():
+    # The shard_map/pmap path: under vmap with a named axis, each of 4 "devices" sees 2 images and the
+    # statistics, the running-statistics update and the gradients must be those of the 8-image batch.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 2, 5, 5, 3), np.float32) * 2 + 1)
+    cotangent = jnp.asarray(rng.standard_normal(x.shape, np.float32))
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, 3), jnp.float32), "bias": jnp.asarray(rng.normal(size=3))}
+    stats = {"mean": jnp.zeros(3), "var": jnp.ones(3)}
+
+    def run(bn, params, x):
+        return bn.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+
+    synced = BatchNorm(use_running_average=False, axis_name="devices")
+    sharded = jax.vmap(lambda p, x: run(synced, p, x), in_axes=(None, 0), axis_name="devices")
+    whole = functools.partial(run, BatchNorm(use_running_average=False))
+
+    (y, updates), (y_ref, updates_ref) = sharded(params, x), whole(params, x.reshape(8, 5, 5, 3))
+    np.testing.assert_allclose(y.reshape(y_ref.shape), y_ref, rtol=0, atol=1e-6)
+    for name in ("mean", "var"):  # every device ends with the global statistics (unbiased var over 8·25 values)
+        got, expected = updates["batch_stats"][name], updates_ref["batch_stats"][name]
+        np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), rtol=0, atol=1e-6)
+
+    # Gradients as data parallelism takes them: each device differentiates its own loss (its cotangent), the
+    # BatchNorm backward exchanges the statistics' terms over the axis, the parameter gradients are summed.
+    def local_grads(params, x, cotangent):
+        return jax.grad(lambda p, x: jnp.sum(run(synced, p, x)[0] * cotangent), argnums=(0, 1))(params, x)
+
+    param_grads, x_grads = jax.vmap(local_grads, in_axes=(None, 0, 0), axis_name="devices")(params, x, cotangent)
+    grads = (jax.tree.map(lambda g: g.sum(0), param_grads), x_grads.reshape(8, 5, 5, 3))
+    grads_ref = jax.grad(lambda p, x: jnp.sum(whole(p, x)[0] * cotangent.reshape(x.shape)), argnums=(0, 1))(
+        params, x.reshape(8, 5, 5, 3)
+    )
+    chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=0)
 
 
 def test_batchnorm_rejects_one_value_per_channel_in_train_mode():
