@@ -149,7 +149,6 @@ class MobileNet(nn.Module):
             dtype=self.dtype,
             name=name,
         )
-        depthwise = dict(depthwise=self.depthwise)
         if b.kind == "ds":
             return DepthwiseSeparableConv(
                 b.out_channels,
@@ -158,7 +157,7 @@ class MobileNet(nn.Module):
                 se_channels=b.se_channels,
                 se_act=b.se_act,
                 se_gate=b.se_gate,
-                **depthwise,
+                depthwise=self.depthwise,
                 **common,
             )
         if b.kind == "ir":
@@ -169,7 +168,7 @@ class MobileNet(nn.Module):
                 se_channels=b.se_channels,
                 se_act=b.se_act,
                 se_gate=b.se_gate,
-                **depthwise,
+                depthwise=self.depthwise,
                 **common,
             )
         if b.kind == "conv":

@@ -108,8 +108,9 @@ def test_gradients_and_bn_update_match_torch(name):
     loss.backward()
     torch_stats = {k: v.numpy() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
-    grad_fn = jax.jit(jax.value_and_grad(functools.partial(_loss, module), has_aux=True))
-    (jax_loss, new_stats), grads = grad_fn(variables["params"], variables["batch_stats"], to_nhwc(x), jnp.asarray(y))
+    (jax_loss, new_stats), grads = _value_and_grad(
+        module, variables["params"], variables["batch_stats"], to_nhwc(x), jnp.asarray(y)
+    )
     jax_grads = {k: v.numpy() for k, v in to_torch_state_dict(module, {"params": grads}, source=source).items()}
 
     assert abs(float(jax_loss) - loss.item()) <= 1e-5
@@ -139,8 +140,8 @@ def _assert_float64_gradients_match(name, module, variables, x, y, torch_grads, 
     with jax.enable_x64(True):
         f64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         module64 = module.clone(dtype=jnp.float64)
-        grads64 = jax.jit(jax.grad(lambda p, b, x, y: _loss(module64, p, b, x, y)[0]))(
-            f64["params"], f64["batch_stats"], jnp.asarray(to_nhwc(x.double())), jnp.asarray(y)
+        _, grads64 = _value_and_grad(
+            module64, f64["params"], f64["batch_stats"], jnp.asarray(to_nhwc(x.double())), jnp.asarray(y)
         )
         assert {leaf.dtype for leaf in jax.tree.leaves(grads64)} == {jnp.dtype("float64")}
         grads64 = {k: v.numpy() for k, v in to_torch_state_dict(module, {"params": grads64}, source=source).items()}
