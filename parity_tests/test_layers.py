@@ -23,6 +23,8 @@ from flax_dsconv import (
     from_torch,
     seed_dsconv,
 )
+from flax_dsconv.layers import conv_general_dilated, full_conv
+from flax_dsconv.padding import resolve_padding
 
 
 def conv_params(conv: torch.nn.Conv2d) -> dict:
@@ -115,6 +117,67 @@ def test_pointwise_matches_torch(stride, padding, bias, size):
     x = torch.randn(2, 6, size, size)
     layer = PointwiseConv(5, stride, padding, use_bias=bias)
     assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
+
+
+def _output_and_gradients(module: nn.Module, variables: dict, x: jax.Array, seed: int = 2) -> tuple:
+    """``(y, (d variables, d x))`` for a random cotangent, jitted."""
+    y_shape = jax.eval_shape(module.apply, variables, x).shape
+    cotangent = jnp.asarray(np.random.default_rng(seed).standard_normal(y_shape, np.float32))
+
+    @jax.jit
+    def forward_and_vjp(variables, x):
+        y, vjp = jax.vjp(module.apply, variables, x)
+        return y, vjp(cotangent)
+
+    return forward_and_vjp(variables, x)
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, 0, 7), (2, 0, 8), (2, 1, 7), (1, ((1, 0), (0, 2)), 8)])
+def test_pointwise_vjp_equals_autodiff_of_a_1x1_convolution(stride, padding, size):
+    # PointwiseConv's hand-written VJP (on CPU) against lax.conv_general_dilated's autodiff, same parameters.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, size, size + 1, 6), np.float32))
+    layer = PointwiseConv(5, stride, padding, use_bias=True)
+    variables = {"params": {"kernel": jnp.asarray(rng.standard_normal((1, 1, 6, 5), np.float32)),
+                            "bias": jnp.asarray(rng.standard_normal(5, np.float32))}}  # fmt: skip
+    reference = nn.Conv(5, (1, 1), stride, padding=resolve_padding(padding, (1, 1), (1, 1)))
+    assert "custom_vjp_call" in str(jax.make_jaxpr(layer.apply)(variables, x))  # the path under test
+    y, grads = _output_and_gradients(layer, variables, x)
+    y_ref, grads_ref = _output_and_gradients(reference, variables, x)
+    chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 1, ((0, 1), (2, 0))])
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 2, 1), (3, 1, 2), (5, 2, 1), (1, 1, 1), (5, 1, 2)])
+def test_full_conv_kernel_gradient_equals_lax_reference(kernel, stride, dilation, padding):
+    # full_conv (the stems) computes its kernel gradient on CPU as k² matrix products; lax's autodiff is
+    # the reference, for the output, the input gradient and the kernel gradient.
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 11, 10, 3), np.float32))
+    layer = full_conv(4, kernel, stride, padding, dilation, use_bias=True)
+    variables = {"params": {"kernel": jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4), np.float32)),
+                            "bias": jnp.asarray(rng.standard_normal(4, np.float32))}}  # fmt: skip
+    reference = nn.Conv(4, (kernel, kernel), stride, resolve_padding(padding, (kernel,) * 2, (dilation,) * 2),
+                        kernel_dilation=dilation)  # fmt: skip
+    assert "custom_vjp_call" in str(jax.make_jaxpr(layer.apply)(variables, x))  # the path under test
+    y, grads = _output_and_gradients(layer, variables, x)
+    y_ref, grads_ref = _output_and_gradients(reference, variables, x)
+    chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"feature_group_count": 2}, {"feature_group_count": 2, "lhs_dilation": (2, 2)}])
+def test_conv_general_dilated_falls_back_to_lax_for_what_it_does_not_cover(kwargs):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 4), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 2, 6), np.float32))
+    settings = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def kernel_grad(conv):
+        return jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k, **settings, **kwargs))))(k)
+
+    np.testing.assert_array_equal(kernel_grad(conv_general_dilated), kernel_grad(jax.lax.conv_general_dilated))
 
 
 def bn_variables(bn: torch.nn.BatchNorm2d) -> dict:
