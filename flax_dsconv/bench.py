@@ -393,7 +393,13 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def describe_machine() -> str:
-    """The backend, device and library versions, for the table's caption."""
+    """The backend, device, library versions and malloc tunables, for the table's caption.
+
+    The tunables matter on CPU: both frameworks allocate their large buffers afresh for every step, and
+    whether glibc backs them with huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``) moves the times by
+    up to 2x (see the README's Speed section).
+    """
+    import os
     import platform
 
     import torch
@@ -402,5 +408,5 @@ def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
     return (
         f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}), torch {torch.__version__}, "
-        f"{cpu}, torch threads {torch.get_num_threads()}"
+        f"{cpu}, torch threads {torch.get_num_threads()}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
     )
