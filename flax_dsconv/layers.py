@@ -148,13 +148,10 @@ def _batch_norm_train(
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype):
     mean = _global_mean(*_channel_sums(x), x, axis_name)
-    # Two-pass variance, as PyTorch computes it (E[x²] - E[x]² loses digits at 1e-5 parity), corrected:
-    # E[c²] - E[c]² for c = x - mean, where E[c] is mean's rounding error. Both sums come from one variadic
-    # reduce, which XLA:CPU fuses with the subtraction; a single-sum reduction went to a library kernel that
-    # cannot take it, and c was materialised in full (0.1 s of MobileNetV2's train step).
-    centred = x.astype(mean.dtype) - mean
-    sum_c, sum_c2 = _channel_sums(centred, jnp.square(centred))
-    var = _global_mean(sum_c2, x, axis_name) - jnp.square(_global_mean(sum_c, x, axis_name))
+    # Two-pass variance, as PyTorch computes it; E[x²] - E[x]² loses digits at 1e-5 parity. Written as
+    # (mean - x)², not (x - mean)²: as the same expression as _normalise's, XLA:CPU would compute x - mean
+    # once and materialise it for both (60 ms of MobileNetV2's batch-16 train step).
+    var = _global_mean(*_channel_sums(jnp.square(mean - x.astype(mean.dtype))), x, axis_name)
     rstd = jax.lax.rsqrt(var + epsilon)
     y = _normalise(x, mean, rstd, scale, bias)
     return (y.astype(dtype), mean, var), (x, scale, mean, rstd)
@@ -446,88 +443,8 @@ class PointwiseConv(nn.Module):
         return y if bias is None else y + bias
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
 def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _dense_conv(x: Array, kernel: Array, strides: Any, padding: Any, dilation: Any, precision: Any) -> Array:
-    return jax.lax.conv_general_dilated(
-        x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
-    )
-
-
-def _dense_conv_fwd(x, kernel, strides, padding, dilation, precision):
-    return _dense_conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
-
-
-def _dense_conv_bwd(strides, padding, dilation, precision, residuals, g):
-    # The input gradient is XLA's; the kernel gradient is one (pixels × in)ᵀ(pixels × out) matrix product
-    # per kernel tap, where XLA:CPU's own expands into a slow backward-filter convolution (70 ms of
-    # MobileNetV2's batch-16 train step, for the stem alone).
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x: _dense_conv.fun(x, kernel, strides, padding, dilation, precision), x)
-    (dx,) = input_vjp(g)
-    kh, kw, cin, _ = kernel.shape
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    g2 = g.reshape(-1, g.shape[-1])
-    taps = [
-        _tap(xp, i * dilation[0], j * dilation[1], g.shape[1], g.shape[2], strides).reshape(-1, cin)
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    dk = jnp.stack([jax.lax.dot_general(t, g2, (((0,), (0,)), ((), ())), precision=precision) for t in taps])
-    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
-
-
-def conv_general_dilated(
-    lhs: Array,
-    rhs: Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-) -> Array:
-    """``jax.lax.conv_general_dilated`` with, on the CPU backend, a faster kernel gradient.
-
-    Same arguments and result; for an ungrouped NHWC/HWIO convolution on CPU the kernel gradient is k²
-    matrix products (see ``_dense_conv_bwd``). Anything else, and every other backend, is lax's own.
-    ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it; :func:`full_conv` does.
-    """
-    standard = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    if (
-        not _on_cpu()
-        or lhs.ndim != 4
-        or feature_group_count != 1
-        or any(d != 1 for d in (lhs_dilation or (1, 1)))
-        or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != standard
-    ):
-        return jax.lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            precision=precision,
-        )
-    dilation = tuple(rhs_dilation or (1, 1))
-    if isinstance(padding, str):
-        window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True))
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], window, window_strides, padding)
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _dense_conv(lhs, rhs, tuple(window_strides), padding, dilation, precision)
 
 
 def full_conv(
@@ -552,7 +469,6 @@ def full_conv(
         use_bias=use_bias,
         dtype=dtype,
         kernel_init=conv_kernel_init,
-        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

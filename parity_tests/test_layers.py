@@ -23,7 +23,6 @@ from flax_dsconv import (
     from_torch,
     seed_dsconv,
 )
-from flax_dsconv.layers import conv_general_dilated, full_conv
 from flax_dsconv.padding import resolve_padding
 
 
@@ -146,38 +145,6 @@ def test_pointwise_vjp_equals_autodiff_of_a_1x1_convolution(stride, padding, siz
     y_ref, grads_ref = _output_and_gradients(reference, variables, x)
     chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
     chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 1, ((0, 1), (2, 0))])
-@pytest.mark.parametrize("kernel,stride,dilation", [(3, 2, 1), (3, 1, 2), (5, 2, 1), (1, 1, 1), (5, 1, 2)])
-def test_full_conv_kernel_gradient_equals_lax_reference(kernel, stride, dilation, padding):
-    # full_conv (the stems) computes its kernel gradient on CPU as k² matrix products; lax's autodiff is
-    # the reference, for the output, the input gradient and the kernel gradient.
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, 11, 10, 3), np.float32))
-    layer = full_conv(4, kernel, stride, padding, dilation, use_bias=True)
-    variables = {"params": {"kernel": jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4), np.float32)),
-                            "bias": jnp.asarray(rng.standard_normal(4, np.float32))}}  # fmt: skip
-    reference = nn.Conv(4, (kernel, kernel), stride, resolve_padding(padding, (kernel,) * 2, (dilation,) * 2),
-                        kernel_dilation=dilation)  # fmt: skip
-    assert "custom_vjp_call" in str(jax.make_jaxpr(layer.apply)(variables, x))  # the path under test
-    y, grads = _output_and_gradients(layer, variables, x)
-    y_ref, grads_ref = _output_and_gradients(reference, variables, x)
-    chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
-    chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("kwargs", [{"feature_group_count": 2}, {"feature_group_count": 2, "lhs_dilation": (2, 2)}])
-def test_conv_general_dilated_falls_back_to_lax_for_what_it_does_not_cover(kwargs):
-    rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.standard_normal((2, 9, 9, 4), np.float32))
-    k = jnp.asarray(rng.standard_normal((3, 3, 2, 6), np.float32))
-    settings = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    def kernel_grad(conv):
-        return jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k, **settings, **kwargs))))(k)
-
-    np.testing.assert_array_equal(kernel_grad(conv_general_dilated), kernel_grad(jax.lax.conv_general_dilated))
 
 
 def bn_variables(bn: torch.nn.BatchNorm2d) -> dict:
