@@ -313,6 +313,10 @@ def _depthwise_shifted(
     return _depthwise_padded(x, kernel, strides, dilation)
 
 
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
 DEPTHWISE_IMPLEMENTATIONS = ("auto", "xla", "shifted")
 
 
@@ -377,14 +381,17 @@ class DepthwiseConv(nn.Module):
         return y if bias is None else y + bias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise(x: Array, kernel: Array, precision: Any) -> Array:
-    """``x @ kernel`` over the channel axis (a 1x1 convolution), with a hand-written VJP."""
+def _contract_channels(x: Array, kernel: Array, precision: Any) -> Array:
+    """``x @ kernel`` over the channel axis: a 1x1 convolution."""
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
+# The same contraction with a hand-written VJP (used on CPU, see _pointwise_bwd).
+_pointwise = jax.custom_vjp(_contract_channels, nondiff_argnums=(2,))
+
+
 def _pointwise_fwd(x, kernel, precision):
-    return _pointwise(x, kernel, precision), (x, kernel)
+    return _contract_channels(x, kernel, precision), (x, kernel)
 
 
 def _pointwise_bwd(precision, residuals, g):
@@ -434,15 +441,8 @@ class PointwiseConv(nn.Module):
         sh, sw = _pair(self.strides)
         if (sh, sw) != (1, 1):
             x = x[:, ::sh, ::sw, :]
-        if _on_cpu():
-            y = _pointwise(x, kernel[0, 0], self.precision)
-        else:
-            y = jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=self.precision)
+        y = (_pointwise if _on_cpu() else _contract_channels)(x, kernel[0, 0], self.precision)
         return y if bias is None else y + bias
-
-
-def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
 
 
 def full_conv(

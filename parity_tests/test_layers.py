@@ -47,6 +47,17 @@ def test_depthwise_matches_torch(kernel, stride, size, dilation, multiplier, bia
     assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
 
 
+def _output_and_gradients(module: nn.Module, variables: dict, x: jax.Array, cotangent: jax.Array) -> tuple:
+    """``(y, (d variables, d x))`` of ``module.apply`` for ``cotangent``, jitted."""
+
+    @jax.jit
+    def forward_and_vjp(variables, x, cotangent):
+        y, vjp = jax.vjp(module.apply, variables, x)
+        return y, vjp(cotangent)
+
+    return forward_and_vjp(variables, x, cotangent)
+
+
 @pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 2, ((0, 1), (2, 0))])
 @pytest.mark.parametrize("kernel,stride,size,dilation,multiplier", [
     (3, 1, 7, 1, 1), (3, 2, 8, 1, 1), (5, 2, 9, 1, 2), (3, 1, 8, 2, 1), (5, 2, 10, 2, 2), (3, 2, 7, 2, 1)])  # fmt: skip
@@ -67,16 +78,8 @@ def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     y_shape = jax.eval_shape(layers["xla"].apply, variables, x).shape
     cotangent = jnp.asarray(rng.standard_normal(y_shape, np.float32))
 
-    def run(implementation):
-        @jax.jit
-        def forward_and_vjp(variables, x, cotangent):
-            y, vjp = jax.vjp(layers[implementation].apply, variables, x)
-            return y, vjp(cotangent)
-
-        return forward_and_vjp(variables, x, cotangent)
-
-    y_ref, (dv_ref, dx_ref) = run("xla")
-    y, (dv, dx) = run("shifted")
+    y_ref, (dv_ref, dx_ref) = _output_and_gradients(layers["xla"], variables, x, cotangent)
+    y, (dv, dx) = _output_and_gradients(layers["shifted"], variables, x, cotangent)
     chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
     # Kernel gradients sum over every output pixel (values ~30): bound them relatively as well.
     chex.assert_trees_all_close((dv, dx), (dv_ref, dx_ref), atol=1e-5, rtol=1e-5)
@@ -118,19 +121,6 @@ def test_pointwise_matches_torch(stride, padding, bias, size):
     assert_close(layer.apply(conv_params(conv), to_nhwc(x)), conv(x))
 
 
-def _output_and_gradients(module: nn.Module, variables: dict, x: jax.Array, seed: int = 2) -> tuple:
-    """``(y, (d variables, d x))`` for a random cotangent, jitted."""
-    y_shape = jax.eval_shape(module.apply, variables, x).shape
-    cotangent = jnp.asarray(np.random.default_rng(seed).standard_normal(y_shape, np.float32))
-
-    @jax.jit
-    def forward_and_vjp(variables, x):
-        y, vjp = jax.vjp(module.apply, variables, x)
-        return y, vjp(cotangent)
-
-    return forward_and_vjp(variables, x)
-
-
 @pytest.mark.parametrize("stride,padding,size", [(1, 0, 7), (2, 0, 8), (2, 1, 7), (1, ((1, 0), (0, 2)), 8)])
 def test_pointwise_vjp_equals_autodiff_of_a_1x1_convolution(stride, padding, size):
     # PointwiseConv's hand-written VJP (on CPU) against lax.conv_general_dilated's autodiff, same parameters.
@@ -141,8 +131,9 @@ def test_pointwise_vjp_equals_autodiff_of_a_1x1_convolution(stride, padding, siz
                             "bias": jnp.asarray(rng.standard_normal(5, np.float32))}}  # fmt: skip
     reference = nn.Conv(5, (1, 1), stride, padding=resolve_padding(padding, (1, 1), (1, 1)))
     assert "custom_vjp_call" in str(jax.make_jaxpr(layer.apply)(variables, x))  # the path under test
-    y, grads = _output_and_gradients(layer, variables, x)
-    y_ref, grads_ref = _output_and_gradients(reference, variables, x)
+    cotangent = jnp.asarray(rng.standard_normal(jax.eval_shape(layer.apply, variables, x).shape, np.float32))
+    y, grads = _output_and_gradients(layer, variables, x, cotangent)
+    y_ref, grads_ref = _output_and_gradients(reference, variables, x, cotangent)
     chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
     chex.assert_trees_all_close(grads, grads_ref, atol=1e-5, rtol=1e-5)
 
