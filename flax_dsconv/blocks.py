@@ -15,6 +15,7 @@ from flax_dsconv.layers import (
     activation,
     add_residual,
     full_conv,
+    pad_for_depthwise,
 )
 from flax_dsconv.padding import PaddingLike
 
@@ -51,10 +52,11 @@ class InvertedResidual(nn.Module):
         shortcut = x
         x = PointwiseConv(self.expand_channels, dtype=self.dtype, name="conv_pw")(x)
         x = act(norm(name="bn1")(x))
+        x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation, self.depthwise)
         x = DepthwiseConv(
             self.kernel_size,
             self.strides,
-            self.padding,
+            padding,
             self.dilation,
             dtype=self.dtype,
             implementation=self.depthwise,

@@ -23,6 +23,7 @@ from flax_dsconv import (
     from_torch,
     seed_dsconv,
 )
+from flax_dsconv.layers import pad_for_depthwise
 from flax_dsconv.padding import resolve_padding
 
 
@@ -58,7 +59,8 @@ def _output_and_gradients(module: nn.Module, variables: dict, x: jax.Array, cota
     return forward_and_vjp(variables, x, cotangent)
 
 
-@pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 2, ((0, 1), (2, 0))])
+# ((5, 0), (0, 6)) pads past the kernel's reach on both sides: some outputs read only zeros.
+@pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 2, ((0, 1), (2, 0)), ((5, 0), (0, 6))])
 @pytest.mark.parametrize("kernel,stride,size,dilation,multiplier", [
     (3, 1, 7, 1, 1), (3, 2, 8, 1, 1), (5, 2, 9, 1, 2), (3, 1, 8, 2, 1), (5, 2, 10, 2, 2), (3, 2, 7, 2, 1)])  # fmt: skip
 def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
@@ -83,6 +85,23 @@ def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
     # Kernel gradients sum over every output pixel (values ~30): bound them relatively as well.
     chex.assert_trees_all_close((dv, dx), (dv_ref, dx_ref), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "shifted"])
+@pytest.mark.parametrize("padding,stride", [("torch", 1), ("SAME", 2), (((2, 0), (1, 3)), 1), (0, 2)])
+def test_padding_outside_the_depthwise_conv_gives_the_same_output(padding, stride, implementation):
+    # What the blocks do on the 'shifted' path: pad the activation where it is computed, then a 0-padded conv.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 8, 3), np.float32))
+    conv = DepthwiseConv(3, stride, padding, use_bias=True, implementation=implementation)
+    variables = conv.init(jax.random.key(0), x)
+    padded, new_padding = pad_for_depthwise(x, 3, stride, padding, 1, implementation)
+    if implementation == "xla" or padding == 0:  # nothing to move: both returned as given
+        assert padded is x and new_padding == padding
+    else:
+        assert new_padding == 0 and padded.shape[1:3] != x.shape[1:3]
+    moved = DepthwiseConv(3, stride, new_padding, use_bias=True, implementation=implementation)
+    # The same 9 products per output; XLA may pair them into FMAs differently at the edge rows (1 ulp).
+    np.testing.assert_allclose(moved.apply(variables, padded), conv.apply(variables, x), rtol=1e-6, atol=1e-6)
 
 
 def test_depthwise_rejects_unknown_implementation():

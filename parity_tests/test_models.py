@@ -64,7 +64,7 @@ def test_logits_and_every_stage_match_torch(name, resolution):
     model = randomize_batchnorm(MODELS[name](), x)
     expected_logits, expected_stages = stage_outputs(model, x)
     module, variables = from_torch(model)
-    _, exact_stages = stage_outputs(copy.deepcopy(model).double(), x.double())
+    exact_logits, exact_stages = stage_outputs(copy.deepcopy(model).double(), x.double())
     assert count_params(variables) == sum(p.numel() for p in model.parameters())
 
     @jax.jit
@@ -82,7 +82,12 @@ def test_logits_and_every_stage_match_torch(name, resolution):
         flax_err = float(np.abs(to_nchw(got) - exact).max())
         where = "stem" if i == 0 else f"stage{i - 1}"
         assert flax_err <= 2 * torch_err + 1e-6, f"parity breaks at {where}: {flax_err:.2e} vs torch {torch_err:.2e}"
-    np.testing.assert_allclose(np.asarray(logits), expected_logits, rtol=0, atol=ATOL)
+    # Logits: as close to float64 as PyTorch's, and within ATOL of PyTorch's beyond PyTorch's own fp32 error
+    # (7.6e-6 for timm's mobilenetv2_120d, where two correct fp32 results may differ by ~1.5e-5).
+    torch_err = float(np.abs(expected_logits - exact_logits).max())
+    flax_err = float(np.abs(np.asarray(logits) - exact_logits).max())
+    assert flax_err <= 2 * torch_err + 1e-6, f"logits: {flax_err:.2e} from float64 vs torch {torch_err:.2e}"
+    np.testing.assert_allclose(np.asarray(logits), expected_logits, rtol=0, atol=ATOL + torch_err)
 
 
 def test_jit_and_eager_agree():
