@@ -230,11 +230,20 @@ class BatchNorm(nn.Module):
         return functools.partial(cls, **dataclasses.asdict(config), **kwargs)
 
 
+# A window geometry per spatial axis: (kernel size, stride, dilation, padding before, padding after).
+_Axis = tuple[int, int, int, int, int]
+
+
+def _out_size(size: int, axis: _Axis) -> int:
+    k, s, d, lo, hi = axis
+    return (size + lo + hi - (k - 1) * d - 1) // s + 1
+
+
 def _shifted_taps(x: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
     """``Σ_ij x[:, i·dh + s·h, j·dw + s·w, c] · kernel[i, j, 0, c]`` over an already padded ``x``."""
     kh, kw = kernel.shape[:2]
-    out_h = (x.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-    out_w = (x.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    out_h = _out_size(x.shape[1], (kh, strides[0], dilation[0], 0, 0))
+    out_w = _out_size(x.shape[2], (kw, strides[1], dilation[1], 0, 0))
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -247,15 +256,6 @@ def _tap(x: Array, row: int, col: int, out_h: int, out_w: int, strides: tuple[in
     """The strided window of ``x`` that kernel tap ``(row, col)`` multiplies."""
     sh, sw = strides
     return x[:, row : row + (out_h - 1) * sh + 1 : sh, col : col + (out_w - 1) * sw + 1 : sw]
-
-
-# A window geometry per spatial axis: (kernel size, stride, dilation, padding before, padding after).
-_Axis = tuple[int, int, int, int, int]
-
-
-def _out_size(size: int, axis: _Axis) -> int:
-    k, s, d, lo, hi = axis
-    return (size + lo + hi - (k - 1) * d - 1) // s + 1
 
 
 def _output_runs(size: int, axis: _Axis) -> list[tuple[int, int, bool]]:
@@ -284,30 +284,25 @@ def _window_slab(x: Array, dim: int, run: tuple[int, int, bool], axis: _Axis) ->
     return jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
 
 
-def _regions(x: Array, rows: _Axis, cols: _Axis) -> list[tuple[tuple[int, int], tuple[int, int], Array]]:
-    """The output plane as ``(row run, column run, input slab)`` pieces in row-major order: the edge rows at
-    full width, the inside rows split into edge columns and the interior, whose slab is a plain slice of ``x``.
+def _correlate(x: Array, kernel: Array, rows: _Axis, cols: _Axis) -> Array:
+    """Depthwise correlation of an unpadded ``x`` (zero padding implied by ``rows``/``cols``), piece by piece:
+    the edge rows at full width, the inside rows split into edge columns and the interior, whose slab is a plain
+    slice of ``x``.
 
     Only the edge pieces copy (and zero-pad) their few input rows or columns, so a padded depthwise conv reads
     its input once, where padding ``x`` first writes a full-size copy of it.
     """
-    full_width = [(0, _out_size(x.shape[2], cols), False)]
-    pieces = []
+    strides, dilation = (rows[1], cols[1]), (rows[2], cols[2])
+    col_runs, full_width = _output_runs(x.shape[2], cols), [(0, _out_size(x.shape[2], cols), False)]
+    bands = []
     for row_run in _output_runs(x.shape[1], rows):
         slab = _window_slab(x, 1, row_run, rows)
-        for col_run in _output_runs(x.shape[2], cols) if row_run[2] else full_width:
-            pieces.append((row_run[:2], col_run[:2], _window_slab(slab, 2, col_run, cols)))
-    return pieces
-
-
-def _correlate(x: Array, kernel: Array, rows: _Axis, cols: _Axis) -> Array:
-    """Depthwise correlation of an unpadded ``x`` (zero padding implied by ``rows``/``cols``), piece by piece."""
-    strides, dilation = (rows[1], cols[1]), (rows[2], cols[2])
-    bands: dict[tuple[int, int], list[Array]] = {}
-    for row_run, _, slab in _regions(x, rows, cols):
-        bands.setdefault(row_run, []).append(_shifted_taps(slab, kernel, strides, dilation))
-    parts = [jnp.concatenate(band, axis=2) if len(band) > 1 else band[0] for band in bands.values()]
-    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        band = [
+            _shifted_taps(_window_slab(slab, 2, col_run, cols), kernel, strides, dilation)
+            for col_run in (col_runs if row_run[2] else full_width)
+        ]
+        bands.append(jnp.concatenate(band, axis=2) if len(band) > 1 else band[0])
+    return jnp.concatenate(bands, axis=1) if len(bands) > 1 else bands[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -319,21 +314,26 @@ def _depthwise_fwd(x, kernel, rows, cols):
     return _correlate(x, kernel, rows, cols), (x, kernel)
 
 
+def _cotangent_pads(size: int, out: int, axis: _Axis) -> tuple[int, int, int]:
+    """``lax.pad`` config spreading ``out`` cotangent positions to stride 1 and padding them to ``size + (k-1)·d``.
+
+    Negative amounts crop: outputs whose windows read only padding touch neither gradient.
+    """
+    k, s, d, lo, _ = axis
+    before = (k - 1) * d - lo
+    return before, size + (k - 1) * d - before - (out - 1) * s - 1, s - 1
+
+
 def _depthwise_bwd(rows, cols, residuals, g):
     # Autodiff would transpose each of the k² window reads into its own full-size padded copy of g. Instead g
     # is spread back to stride 1 and zero-padded once, so that window (k-1-i, k-1-j) of it lines up with x for
     # tap (i, j): the input gradient is a depthwise correlation of it with the flipped kernel, and the kernel
     # gradient is k² per-channel sums of x · window, all in one pass (see _channel_sums), in float32.
     x, kernel = residuals
-    (kh, sh, dh, top, _), (kw, sw, dw, left, _) = rows, cols
-    (height, width), (out_h, out_w) = x.shape[1:3], g.shape[1:3]
-    # Negative amounts crop: outputs whose windows read only padding touch neither gradient.
-    before_h, before_w = (kh - 1) * dh - top, (kw - 1) * dw - left
-    after_h = height + (kh - 1) * dh - before_h - (out_h - 1) * sh - 1
-    after_w = width + (kw - 1) * dw - before_w - (out_w - 1) * sw - 1
-    padded = jax.lax.pad(
-        g, jnp.zeros((), g.dtype), ((0, 0, 0), (before_h, after_h, sh - 1), (before_w, after_w, sw - 1), (0, 0, 0))
-    )
+    (kh, _, dh, _, _), (kw, _, dw, _, _) = rows, cols
+    height, width = x.shape[1:3]
+    pads = (_cotangent_pads(height, g.shape[1], rows), _cotangent_pads(width, g.shape[2], cols))
+    padded = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), *pads, (0, 0, 0)))
     dx = _shifted_taps(padded, kernel[::-1, ::-1], (1, 1), (dh, dw))
     windows = [
         _tap(padded, (kh - 1 - i) * dh, (kw - 1 - j) * dw, height, width, (1, 1)) for i in range(kh) for j in range(kw)
