@@ -43,7 +43,7 @@ class InvertedResidual(nn.Module):
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Dtype | None = None
-    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
+    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

@@ -383,7 +383,7 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-DEPTHWISE_IMPLEMENTATIONS = ("auto", "xla", "shifted")
+DEPTHWISE_IMPLEMENTATIONS = ("auto", "xla", "shifted", "pallas")
 
 
 class DepthwiseConv(nn.Module):
@@ -394,8 +394,10 @@ class DepthwiseConv(nn.Module):
     PyTorch's symmetric rule; ``'SAME'`` is TF's (see :mod:`flax_dsconv.padding`).
 
     ``implementation``: ``'xla'`` is XLA's grouped convolution (the reference, fast on GPU/TPU);
-    ``'shifted'`` sums k² strided slices times per-channel weights (fast on CPU); ``'auto'`` picks
-    ``'shifted'`` on the CPU backend and ``'xla'`` elsewhere. Parameters are identical for all three.
+    ``'shifted'`` sums k² strided slices times per-channel weights (fast on CPU); ``'pallas'`` runs the
+    Triton kernels of :mod:`flax_dsconv.pallas_depthwise` on an NVIDIA GPU (depth multiplier 1; other
+    multipliers use ``'xla'``); ``'auto'`` picks ``'shifted'`` on the CPU backend and ``'xla'`` elsewhere.
+    Parameters are identical for all of them.
 
     >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
     >>> y.shape
@@ -426,8 +428,15 @@ class DepthwiseConv(nn.Module):
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         strides, padding = _pair(self.strides), resolve_padding(self.padding, kernel_size, dilation)
-        if resolve_depthwise(self.implementation) == "shifted":
+        implementation = resolve_depthwise(self.implementation)
+        if implementation == "pallas" and (
+            self.depth_multiplier > 1 or not _pallas_fits(x, kernel, strides, padding, dilation)
+        ):
+            implementation = "xla"
+        if implementation == "shifted":
             y = _depthwise_shifted(x, kernel, strides, padding, dilation, self.depth_multiplier)
+        elif implementation == "pallas":
+            y = _depthwise_pallas(x, kernel, strides, padding, dilation)
         else:
             y = jax.lax.conv_general_dilated(
                 x,
@@ -443,12 +452,40 @@ class DepthwiseConv(nn.Module):
 
 
 def resolve_depthwise(implementation: str) -> str:
-    """``'xla'`` or ``'shifted'``: what a DepthwiseConv ``implementation`` means on the current default backend."""
+    """``'xla'``, ``'shifted'`` or ``'pallas'``: what a DepthwiseConv ``implementation`` means on the current
+    default backend."""
     if implementation not in DEPTHWISE_IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {DEPTHWISE_IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
         return "shifted" if _on_cpu() else "xla"
+    if implementation == "pallas" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"implementation 'pallas' runs Triton kernels on an NVIDIA GPU; the default backend is "
+            f"{jax.default_backend()!r} (use 'auto')"
+        )
     return implementation
+
+
+def _pallas_geometry(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _Axis]:
+    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
+    (top, bottom), (left, right) = _explicit_pads(x.shape, (kh, kw), strides, padding, dilation)
+    return (kh, sh, dh, top, bottom), (kw, sw, dw, left, right)
+
+
+def _pallas_fits(x: Array, kernel: Array, strides, padding, dilation) -> bool:
+    """Whether the Pallas kernels' 32-bit offsets cover this conv (else DepthwiseConv uses ``'xla'``): the
+    output is at most as large as the padded input."""
+    from flax_dsconv import pallas_depthwise
+
+    (top, bottom), (left, right) = _explicit_pads(x.shape, kernel.shape[:2], strides, padding, dilation)
+    padded = (x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3])
+    return pallas_depthwise.supported(x.shape, padded)
+
+
+def _depthwise_pallas(x: Array, kernel: Array, strides, padding, dilation) -> Array:
+    from flax_dsconv import pallas_depthwise
+
+    return pallas_depthwise.depthwise(x, kernel, *_pallas_geometry(x, kernel, strides, padding, dilation))
 
 
 def pad_for_depthwise(
@@ -622,7 +659,7 @@ class DepthwiseSeparableConv(nn.Module):
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Dtype | None = None
-    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
+    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

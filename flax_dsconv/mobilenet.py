@@ -108,7 +108,7 @@ class MobileNet(nn.Module):
     config: MobileNetConfig
     dtype: Dtype | None = None
     axis_name: str | None = None
-    depthwise: str = "auto"  # every DepthwiseConv's implementation: 'auto', 'xla' or 'shifted'
+    depthwise: str = "auto"  # every DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
