@@ -395,9 +395,9 @@ class DepthwiseConv(nn.Module):
 
     ``implementation``: ``'xla'`` is XLA's grouped convolution (the reference, fast on GPU/TPU);
     ``'shifted'`` sums k² strided slices times per-channel weights (fast on CPU); ``'pallas'`` runs the
-    Triton kernels of :mod:`flax_dsconv.pallas_depthwise` on an NVIDIA GPU (depth multiplier 1; other
-    multipliers use ``'xla'``); ``'auto'`` picks ``'shifted'`` on the CPU backend and ``'xla'`` elsewhere.
-    Parameters are identical for all of them.
+    Triton kernels of :mod:`flax_dsconv.pallas_depthwise` on a GPU (depth multiplier 1; other multipliers use
+    ``'xla'``; ``precision`` applies to ``'xla'`` only); ``'auto'`` picks ``'shifted'`` on the CPU backend
+    and ``'xla'`` elsewhere. Parameters are identical for all of them.
 
     >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
     >>> y.shape
@@ -460,32 +460,29 @@ def resolve_depthwise(implementation: str) -> str:
         return "shifted" if _on_cpu() else "xla"
     if implementation == "pallas" and jax.default_backend() != "gpu":
         raise ValueError(
-            f"implementation 'pallas' runs Triton kernels on an NVIDIA GPU; the default backend is "
+            f"implementation 'pallas' runs Triton kernels on a GPU; the default backend is "
             f"{jax.default_backend()!r} (use 'auto')"
         )
     return implementation
 
 
-def _pallas_geometry(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _Axis]:
+def _pallas_specs(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _Axis]:
     (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
     (top, bottom), (left, right) = _explicit_pads(x.shape, (kh, kw), strides, padding, dilation)
     return (kh, sh, dh, top, bottom), (kw, sw, dw, left, right)
 
 
 def _pallas_fits(x: Array, kernel: Array, strides, padding, dilation) -> bool:
-    """Whether the Pallas kernels' 32-bit offsets cover this conv (else DepthwiseConv uses ``'xla'``): the
-    output is at most as large as the padded input."""
+    """Whether the Pallas kernels serve this conv (else DepthwiseConv uses ``'xla'``): see ``pallas_depthwise.fits``."""
     from flax_dsconv import pallas_depthwise
 
-    (top, bottom), (left, right) = _explicit_pads(x.shape, kernel.shape[:2], strides, padding, dilation)
-    padded = (x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3])
-    return pallas_depthwise.supported(x.shape, padded)
+    return pallas_depthwise.fits(x.shape, *_pallas_specs(x, kernel, strides, padding, dilation))
 
 
 def _depthwise_pallas(x: Array, kernel: Array, strides, padding, dilation) -> Array:
     from flax_dsconv import pallas_depthwise
 
-    return pallas_depthwise.depthwise(x, kernel, *_pallas_geometry(x, kernel, strides, padding, dilation))
+    return pallas_depthwise.depthwise(x, kernel, *_pallas_specs(x, kernel, strides, padding, dilation))
 
 
 def pad_for_depthwise(

@@ -1,9 +1,9 @@
 """Depthwise convolution as Pallas (Triton) kernels for NVIDIA GPUs: forward, input gradient, kernel gradient.
 
-XLA:GPU runs a depthwise conv as a cuDNN grouped convolution, and picking the cuDNN algorithms for every
-depthwise layer and both its gradients is most of the minute that the first MobileNetV2 train step spends
-compiling (58.9 s on an H100; 24.7 s with these kernels). The kernels accumulate in float32 and need no
-autotuning; the k² taps of a tile re-read the input from the cache, not from memory.
+XLA:GPU runs a depthwise conv as a cuDNN grouped convolution, which it autotunes while compiling. These kernels
+need no autotuning: with them the first MobileNetV2 train step (compile + one step) took 24.7 s on an H100,
+against 58.9 s with cuDNN's conv. They accumulate in float32; the k² taps of a tile re-read the input from the
+cache, not from memory.
 
 One gather-correlate kernel serves both the forward pass and the input gradient:
 
@@ -23,9 +23,11 @@ Two tilings:
   one contiguous run.
 
 Measured on one H100 (bf16, N256·56²·C144, 3x3, stride 1; ``benchmarks/gpu_pallas.py``): forward 0.398 ms
-(35% of the HBM bandwidth; XLA's cuDNN conv 0.420 ms, PyTorch 0.284 ms), forward + both gradients 0.89 ms
-(XLA 0.67 ms). Only depth multiplier 1 is supported (MobileNets use no other):
-:class:`flax_dsconv.layers.DepthwiseConv` runs XLA's conv for the rest.
+(35% of the HBM bandwidth; XLA's cuDNN conv 0.420 ms, PyTorch 0.284 ms); both gradients 0.89 ms with the
+kernel-gradient tiles of that run (XLA 0.67 ms); the kernel gradient alone 0.50 ms then, 0.44 ms with today's
+default tiles. Only depth multiplier 1 is supported (MobileNets use no other):
+:class:`flax_dsconv.layers.DepthwiseConv` runs XLA's conv for the rest, and ignores its ``precision`` here
+(the kernels multiply in float32).
 """
 
 from __future__ import annotations
@@ -48,17 +50,23 @@ _INT32_LIMIT = 2**31 - 1
 
 
 class Geometry(NamedTuple):
-    """One spatial axis of a gather-correlate: ``in = (out·a + b_i) / den`` for tap ``i``."""
+    """One spatial axis of a gather-correlate: tap ``i`` of output position ``o`` reads input position
+    ``(o·a + b[i]) / den``, and counts only where that is a whole number inside the input."""
 
     a: int
     b: tuple[int, ...]
     den: int
 
 
-class Tiles(NamedTuple):
-    """Channel-block tiling: each program computes ``rows x cols`` output pixels times ``chans`` channels (powers
-    of two, as Triton's tensors must be; the edges are masked), with ``warps`` warps. The kernel gradient sums
-    one column block of one image per program, ``rows`` output rows at a time."""
+# A conv's window along one axis, as in :mod:`flax_dsconv.layers`: (kernel size, stride, dilation, padding
+# before, padding after).
+Spec = tuple[int, int, int, int, int]
+
+
+class BlockTiles(NamedTuple):
+    """Channel-block tiling (any geometry): each program computes ``rows x cols`` output pixels times ``chans``
+    channels (powers of two, as Triton's tensors must be; the edges are masked) with ``warps`` warps. The kernel
+    gradient sums one column block of one image per program, ``rows`` output rows at a time."""
 
     rows: int
     cols: int
@@ -66,8 +74,34 @@ class Tiles(NamedTuple):
     warps: int = 4
 
 
+class RowTiles(NamedTuple):
+    """Flattened-row tiling of a unit-stride correlation: each program computes ``rows`` output rows times
+    ``width`` consecutive elements of the flattened ``(width, channels)`` row, with ``warps`` warps."""
+
+    rows: int
+    width: int
+    warps: int = 4
+
+
+class RowGradTiles(NamedTuple):
+    """Flattened-row tiling of a unit-stride kernel gradient: each program sums ``width`` consecutive elements
+    of the flattened row over every row of ``images`` images, with ``warps`` warps."""
+
+    width: int
+    images: int = 2
+    warps: int = 4
+
+
+_ELEMENTS = 4096  # output elements per program of the correlations
+_GRAD_REGISTERS = 9 * 1024  # float32 partial sums (taps x width) a kernel-gradient program keeps live
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def channel_block(channels: int, cap: int = 64) -> int:
@@ -78,16 +112,51 @@ def channel_block(channels: int, cap: int = 64) -> int:
     return min(cap, _next_pow2(channels))
 
 
-def default_tiles(out_h: int, out_w: int, channels: int, elements: int = 4096) -> Tiles:
+def default_block_tiles(out_h: int, out_w: int, channels: int) -> BlockTiles:
     chans = channel_block(channels)
     cols = min(_next_pow2(out_w), 8)
-    rows = min(_next_pow2(out_h), max(1, elements // (cols * chans)))
-    return Tiles(rows, cols, chans)
+    return BlockTiles(min(_next_pow2(out_h), max(1, _ELEMENTS // (cols * chans))), cols, chans)
 
 
-def supported(x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
-    """Whether this jaxlib has Pallas' Triton backend and the kernels' 32-bit element offsets cover both tensors."""
-    return plgpu is not None and max(math.prod(x_shape), math.prod(out_shape)) <= _INT32_LIMIT
+def default_row_tiles(out_h: int, out_row: int) -> RowTiles:
+    width = min(_next_pow2(out_row), 1024)
+    return RowTiles(min(_next_pow2(out_h), max(1, _ELEMENTS // width)), width)
+
+
+def default_row_grad_tiles(out_row: int, taps: int) -> RowGradTiles:
+    # One float32 sum per tap and element: 1,024 elements for a 3x3 kernel, 256 for 5x5.
+    return RowGradTiles(min(_next_pow2(out_row), 1024, _floor_pow2(_GRAD_REGISTERS // taps)))
+
+
+def _out_size(size: int, spec: Spec) -> int:
+    k, s, d, lo, hi = spec
+    return (size + lo + hi - (k - 1) * d - 1) // s + 1
+
+
+def fits(x_shape: tuple[int, ...], row_spec: Spec, col_spec: Spec) -> bool:
+    """Whether this jaxlib has Pallas' Triton backend and 32-bit element offsets address every buffer the three
+    kernels touch (input, output, tiled weights, partial sums) for this conv."""
+    batch, height, width, channels = x_shape
+    out_h, out_w = _out_size(height, row_spec), _out_size(width, col_spec)
+    taps = row_spec[0] * col_spec[0]
+    sizes = (
+        batch * height * width * channels,
+        batch * out_h * out_w * channels,
+        taps * max(width, out_w) * channels,  # weights tiled along a row
+        batch * taps * max(width, out_w) * channels,  # kernel-gradient partial sums (at most one set per image)
+    )
+    return plgpu is not None and max(sizes) <= _INT32_LIMIT
+
+
+def _pallas(kernel, out_shape, grid, warps: int, stages: int, interpret: bool, name: str):
+    params = None if interpret else plgpu.CompilerParams(num_warps=warps, num_stages=stages)
+    return pl.pallas_call(
+        kernel, out_shape=out_shape, grid=grid, compiler_params=params, interpret=interpret, name=name
+    )
+
+
+def _is_unit(geom: Geometry) -> bool:
+    return geom.a == 1 and geom.den == 1
 
 
 def _taps(index: Array, size: int, bound: int, geom: Geometry, tap: int) -> tuple[Array, Array]:
@@ -101,161 +170,108 @@ def _taps(index: Array, size: int, bound: int, geom: Geometry, tap: int) -> tupl
     return num, valid & (num < bound)
 
 
-def _correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, rows, cols, tiles, row_blocks):
+def _column_masks(q: Array, in_w: int, out_w: int, channels: int, shifts: tuple[int, ...]) -> list[Array]:
+    """Per column shift: which flattened output positions ``q = ow·C + c`` read ``iw = ow + shift`` inside
+    ``[0, in_w)`` (and lie inside the output row). Bounds are multiples of ``C``, so the masks stay constant
+    over aligned runs of a pixel's channels and Triton keeps the loads vectorised."""
+    return [(q >= max(0, -shift) * channels) & (q < min(in_w - shift, out_w) * channels) for shift in shifts]
+
+
+def _block_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     bh, bw, bc = tiles.rows, tiles.cols, tiles.chans
     (height, width), (out_h, out_w) = in_hw, out_hw
     n = jax.lax.div(pl.program_id(0), row_blocks)
     oh = jax.lax.rem(pl.program_id(0), row_blocks) * bh + jnp.arange(bh, dtype=jnp.int32)
     ow = pl.program_id(1) * bw + jnp.arange(bw, dtype=jnp.int32)
-    c0 = pl.program_id(2) * bc
-    chan = c0 + jnp.arange(bc, dtype=jnp.int32)
+    chan = pl.program_id(2) * bc + jnp.arange(bc, dtype=jnp.int32)
     chan_ok = chan < channels
+    kw = len(col_geom.b)
     acc = jnp.zeros((bh, bw, bc), jnp.float32)
-    for i in range(len(rows.b)):
-        h, h_ok = _taps(oh, out_h, height, rows, i)
+    for i in range(len(row_geom.b)):
+        h, h_ok = _taps(oh, out_h, height, row_geom, i)
         row_off = (n * height + h) * (width * channels)
-        for j in range(len(cols.b)):
-            w, w_ok = _taps(ow, out_w, width, cols, j)
+        for j in range(kw):
+            w, w_ok = _taps(ow, out_w, width, col_geom, j)
             off = row_off[:, None, None] + (w * channels)[None, :, None] + chan[None, None, :]
             mask = h_ok[:, None, None] & w_ok[None, :, None] & chan_ok[None, None, :]
             v = plgpu.load(x_ref.at[off], mask=mask, other=0)
-            t = i * len(cols.b) + j
-            k = plgpu.load(w_ref.at[t * channels + chan], mask=chan_ok, other=0)
+            k = plgpu.load(w_ref.at[(i * kw + j) * channels + chan], mask=chan_ok, other=0)
             acc += v.astype(jnp.float32) * k.astype(jnp.float32)[None, None, :]
     out_off = ((n * out_h + oh) * (out_w * channels))[:, None, None] + (ow * channels)[None, :, None] + chan
     out_mask = (oh < out_h)[:, None, None] & (ow < out_w)[None, :, None] & chan_ok[None, None, :]
     plgpu.store(o_ref.at[out_off], acc.astype(o_ref.dtype), mask=out_mask)
 
 
-class RowTiles(NamedTuple):
-    """Flattened-row tiling (unit stride): each program computes ``rows`` output rows times ``width``
-    consecutive elements of the flattened ``(width, channels)`` row, with ``warps`` warps. The kernel gradient
-    sums one such run over every row of ``images`` images per program (``rows`` is not used there)."""
-
-    rows: int
-    width: int
-    warps: int = 4
-    images: int = 2
-
-
-def _is_unit(geom: Geometry) -> bool:
-    return geom.a == 1 and geom.den == 1
-
-
-def _column_masks(q: Array, in_w: int, out_w: int, channels: int, shifts: tuple[int, ...]) -> list[Array]:
-    """Per column shift ``sh``: which flattened output positions ``q = ow·C + c`` read ``iw = ow + sh`` inside
-    ``[0, in_w)`` (and lie inside the output row). Bounds are multiples of ``C``, so the masks stay constant
-    over aligned runs of a pixel's channels and Triton keeps the loads vectorised."""
-    return [(q >= max(0, -sh) * channels) & (q < min(in_w - sh, out_w) * channels) for sh in shifts]
-
-
-def _row_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, rows, cols, tiles, row_blocks):
+def _row_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     (height, width), (out_h, out_w) = in_hw, out_hw
     in_row, out_row = width * channels, out_w * channels
     n = jax.lax.div(pl.program_id(0), row_blocks)
     oh = jax.lax.rem(pl.program_id(0), row_blocks) * tiles.rows + jnp.arange(tiles.rows, dtype=jnp.int32)
     q = pl.program_id(1) * tiles.width + jnp.arange(tiles.width, dtype=jnp.int32)
     q_ok = q < out_row
-    col_ok = _column_masks(q, width, out_w, channels, cols.b)
-    weights = [
-        plgpu.load(w_ref.at[t * out_row + q], mask=q_ok, other=0).astype(jnp.float32)
-        for t in range(len(rows.b) * len(cols.b))
-    ]
+    col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
+    kw = len(col_geom.b)
     acc = jnp.zeros((tiles.rows, tiles.width), jnp.float32)
-    for i, b in enumerate(rows.b):
+    for i, b in enumerate(row_geom.b):
         h = oh + b
         h_ok = (h >= 0) & (h < height) & (oh < out_h)
         row_off = (n * height + h) * in_row
-        for j, sh in enumerate(cols.b):
-            off = row_off[:, None] + (q + sh * channels)[None, :]
+        for j, shift in enumerate(col_geom.b):
+            k = plgpu.load(w_ref.at[(i * kw + j) * out_row + q], mask=q_ok, other=0)
+            off = row_off[:, None] + (q + shift * channels)[None, :]
             v = plgpu.load(x_ref.at[off], mask=h_ok[:, None] & col_ok[j][None, :], other=0)
-            acc += v.astype(jnp.float32) * weights[i * len(cols.b) + j][None, :]
+            acc += v.astype(jnp.float32) * k.astype(jnp.float32)[None, :]
     out_off = ((n * out_h + oh) * out_row)[:, None] + q[None, :]
     plgpu.store(o_ref.at[out_off], acc.astype(o_ref.dtype), mask=(oh < out_h)[:, None] & q_ok[None, :])
-
-
-def _row_correlate(x, taps, out_hw, rows, cols, tiles: RowTiles | None, interpret):
-    batch, height, width, channels = x.shape
-    out_h, out_w = out_hw
-    out_row = out_w * channels
-    if tiles is None:
-        w = min(_next_pow2(out_row), 1024)
-        tiles = RowTiles(rows=min(_next_pow2(out_h), max(1, 4096 // w)), width=w)
-    row_blocks = pl.cdiv(out_h, tiles.rows)
-    kernel = functools.partial(
-        _row_correlate_kernel,
-        in_hw=(height, width),
-        out_hw=out_hw,
-        channels=channels,
-        rows=rows,
-        cols=cols,
-        tiles=tiles,
-        row_blocks=row_blocks,
-    )
-    # Each tap's weights repeated along the output row, so that a program loads them as contiguous vectors.
-    tiled = jnp.tile(taps, (1, out_w)).reshape(-1)
-    out = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((batch * out_h * out_row,), x.dtype),
-        grid=(batch * row_blocks, pl.cdiv(out_row, tiles.width)),
-        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=tiles.warps, num_stages=1),
-        interpret=interpret,
-        name="depthwise_correlate_rows",
-    )(x.reshape(-1), tiled)
-    return out.reshape(batch, out_h, out_w, channels)
 
 
 def gather_correlate(
     x: Array,
     taps: Array,
     out_hw: tuple[int, int],
-    rows: Geometry,
-    cols: Geometry,
-    tiles: Tiles | RowTiles | None = None,
+    row_geom: Geometry,
+    col_geom: Geometry,
+    tiles: BlockTiles | RowTiles | None = None,
     interpret: bool = False,
 ) -> Array:
-    """``out[n, oh, ow, c] = Σ_ij x[n, row_i(oh), col_j(ow), c] · taps[i·len(cols.b) + j, c]`` (see the module doc).
+    """``out[n, oh, ow, c] = Σ_ij x[n, row_i(oh), col_j(ow), c] · taps[i·kw + j, c]`` (see the module doc).
 
-    Unit-stride geometries (``in = out + b``) run on flattened image rows (:class:`RowTiles`), where every
-    tap's load is one contiguous run; the others on ``(rows, columns, channels)`` blocks (:class:`Tiles`).
+    Unit-stride geometries (``in = out + b``) default to flattened image rows (:class:`RowTiles`), where each
+    tap's load is one contiguous run; any geometry runs on channel blocks (:class:`BlockTiles`).
     """
-    if _is_unit(rows) and _is_unit(cols) and not isinstance(tiles, Tiles):
-        return _row_correlate(x, taps, out_hw, rows, cols, tiles, interpret)
     batch, height, width, channels = x.shape
     out_h, out_w = out_hw
-    tiles = tiles if isinstance(tiles, Tiles) else default_tiles(out_h, out_w, channels)
-    row_blocks = pl.cdiv(out_h, tiles.rows)
-    kernel = functools.partial(
-        _correlate_kernel,
-        in_hw=(height, width),
-        out_hw=out_hw,
-        channels=channels,
-        rows=rows,
-        cols=cols,
-        tiles=tiles,
-        row_blocks=row_blocks,
-    )
-    out = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((batch * out_h * out_w * channels,), x.dtype),
-        grid=(batch * row_blocks, pl.cdiv(out_w, tiles.cols), pl.cdiv(channels, tiles.chans)),
-        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=tiles.warps, num_stages=1),
-        interpret=interpret,
-        name="depthwise_correlate",
-    )(x.reshape(-1), taps.reshape(-1))
+    unit = _is_unit(row_geom) and _is_unit(col_geom)
+    if isinstance(tiles, RowTiles) and not unit:
+        raise ValueError(f"RowTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
+    common = dict(in_hw=(height, width), out_hw=out_hw, channels=channels, row_geom=row_geom, col_geom=col_geom)
+    if unit and not isinstance(tiles, BlockTiles):
+        tiles = tiles or default_row_tiles(out_h, out_w * channels)
+        row_blocks = pl.cdiv(out_h, tiles.rows)
+        kernel = functools.partial(_row_correlate_kernel, tiles=tiles, row_blocks=row_blocks, **common)
+        grid = (batch * row_blocks, pl.cdiv(out_w * channels, tiles.width))
+        weights = jnp.tile(taps, (1, out_w))  # repeated along the row: each program loads contiguous vectors
+        name = "depthwise_correlate_rows"
+    else:
+        tiles = tiles or default_block_tiles(out_h, out_w, channels)
+        row_blocks = pl.cdiv(out_h, tiles.rows)
+        kernel = functools.partial(_block_correlate_kernel, tiles=tiles, row_blocks=row_blocks, **common)
+        grid = (batch * row_blocks, pl.cdiv(out_w, tiles.cols), pl.cdiv(channels, tiles.chans))
+        weights, name = taps, "depthwise_correlate_blocks"
+    out_shape = jax.ShapeDtypeStruct((batch * out_h * out_w * channels,), x.dtype)
+    out = _pallas(kernel, out_shape, grid, tiles.warps, 1, interpret, name)(x.reshape(-1), weights.reshape(-1))
     return out.reshape(batch, out_h, out_w, channels)
 
 
-def _kernel_grad_kernel(x_ref, g_ref, o_ref, *, in_hw, out_hw, channels, rows, cols, tiles):
+def _block_kernel_grad_kernel(x_ref, g_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles):
     bh, bw, bc = tiles.rows, tiles.cols, tiles.chans
     (height, width), (out_h, out_w) = in_hw, out_hw
     n = pl.program_id(0)
     ow = pl.program_id(1) * bw + jnp.arange(bw, dtype=jnp.int32)
-    c0 = pl.program_id(2) * bc
-    chan = c0 + jnp.arange(bc, dtype=jnp.int32)
+    chan = pl.program_id(2) * bc + jnp.arange(bc, dtype=jnp.int32)
     chan_ok = chan < channels
-    kh, kw = len(rows.b), len(cols.b)
-    col_taps = [_taps(ow, out_w, width, cols, j) for j in range(kw)]
+    kh, kw = len(row_geom.b), len(col_geom.b)
+    col_taps = [_taps(ow, out_w, width, col_geom, j) for j in range(kw)]
 
     def row_block(r, sums):
         oh = r * bh + jnp.arange(bh, dtype=jnp.int32)
@@ -264,7 +280,7 @@ def _kernel_grad_kernel(x_ref, g_ref, o_ref, *, in_hw, out_hw, channels, rows, c
         g = plgpu.load(g_ref.at[g_off], mask=g_mask, other=0).astype(jnp.float32)
         sums = list(sums)
         for i in range(kh):
-            h, h_ok = _taps(oh, out_h, height, rows, i)
+            h, h_ok = _taps(oh, out_h, height, row_geom, i)
             row_off = (n * height + h) * (width * channels)
             for j, (w, w_ok) in enumerate(col_taps):
                 off = row_off[:, None, None] + (w * channels)[None, :, None] + chan[None, None, :]
@@ -273,155 +289,113 @@ def _kernel_grad_kernel(x_ref, g_ref, o_ref, *, in_hw, out_hw, channels, rows, c
                 sums[i * kw + j] += jnp.sum(v * g, axis=0)
         return tuple(sums)
 
-    sums = jax.lax.fori_loop(
-        0, pl.cdiv(out_h, bh), row_block, tuple(jnp.zeros((bw, bc), jnp.float32) for _ in range(kh * kw))
-    )
-    blocks = pl.num_programs(1)
+    init = tuple(jnp.zeros((bw, bc), jnp.float32) for _ in range(kh * kw))
+    sums = jax.lax.fori_loop(0, pl.cdiv(out_h, bh), row_block, init)
     for t, s in enumerate(sums):
-        off = ((n * blocks + pl.program_id(1)) * (kh * kw) + t) * channels + chan
+        off = ((n * pl.num_programs(1) + pl.program_id(1)) * (kh * kw) + t) * channels + chan
         plgpu.store(o_ref.at[off], jnp.sum(s, axis=0), mask=chan_ok)
 
 
-def _row_kernel_grad_kernel(x_ref, g_ref, o_ref, *, batch, in_hw, out_hw, channels, rows, cols, tiles):
+def _row_kernel_grad_kernel(x_ref, g_ref, o_ref, *, batch, in_hw, out_hw, channels, row_geom, col_geom, tiles):
     (height, width), (out_h, out_w) = in_hw, out_hw
     in_row, out_row = width * channels, out_w * channels
-    taps = len(rows.b) * len(cols.b)
+    kw = len(col_geom.b)
     n0 = pl.program_id(0) * tiles.images
     q = pl.program_id(1) * tiles.width + jnp.arange(tiles.width, dtype=jnp.int32)
     q_ok = q < out_row
-    col_ok = _column_masks(q, width, out_w, channels, cols.b)
+    col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
 
     def one_row(r, sums):
         n, oh = n0 + jax.lax.div(r, out_h), jax.lax.rem(r, out_h)
         n_ok = n < batch
         g = plgpu.load(g_ref.at[(n * out_h + oh) * out_row + q], mask=q_ok & n_ok, other=0).astype(jnp.float32)
         sums = list(sums)
-        for i, b in enumerate(rows.b):
+        for i, b in enumerate(row_geom.b):
             h = oh + b
             h_ok = (h >= 0) & (h < height) & n_ok
             row_off = (n * height + h) * in_row
-            for j, sh in enumerate(cols.b):
-                v = plgpu.load(x_ref.at[row_off + q + sh * channels], mask=col_ok[j] & h_ok, other=0)
-                sums[i * len(cols.b) + j] += v.astype(jnp.float32) * g
+            for j, shift in enumerate(col_geom.b):
+                v = plgpu.load(x_ref.at[row_off + q + shift * channels], mask=col_ok[j] & h_ok, other=0)
+                sums[i * kw + j] += v.astype(jnp.float32) * g
         return tuple(sums)
 
-    init = tuple(jnp.zeros((tiles.width,), jnp.float32) for _ in range(taps))
+    init = tuple(jnp.zeros((tiles.width,), jnp.float32) for _ in range(len(row_geom.b) * kw))
     sums = jax.lax.fori_loop(0, tiles.images * out_h, one_row, init)
     for t, s in enumerate(sums):
-        plgpu.store(o_ref.at[(pl.program_id(0) * taps + t) * out_row + q], s, mask=q_ok)
-
-
-def _row_kernel_grad(x, g, rows, cols, tiles: RowTiles | None, interpret):
-    batch, height, width, channels = x.shape
-    _, out_h, out_w, _ = g.shape
-    out_row = out_w * channels
-    tiles = tiles or RowTiles(rows=1, width=min(_next_pow2(out_row), 1024))
-    taps = len(rows.b) * len(cols.b)
-    groups = pl.cdiv(batch, tiles.images)
-    kernel = functools.partial(
-        _row_kernel_grad_kernel,
-        batch=batch,
-        in_hw=(height, width),
-        out_hw=(out_h, out_w),
-        channels=channels,
-        rows=rows,
-        cols=cols,
-        tiles=tiles,
-    )
-    partial_sums = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((groups * taps * out_row,), jnp.float32),
-        grid=(groups, pl.cdiv(out_row, tiles.width)),
-        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=tiles.warps, num_stages=2),
-        interpret=interpret,
-        name="depthwise_kernel_grad_rows",
-    )(x.reshape(-1), g.reshape(-1))
-    return partial_sums.reshape(groups, taps, out_w, channels).sum(axis=(0, 2))
+        plgpu.store(o_ref.at[(pl.program_id(0) * len(sums) + t) * out_row + q], s, mask=q_ok)
 
 
 def kernel_grad(
     x: Array,
     g: Array,
-    rows: Geometry,
-    cols: Geometry,
-    tiles: Tiles | RowTiles | None = None,
+    row_geom: Geometry,
+    col_geom: Geometry,
+    tiles: BlockTiles | RowGradTiles | None = None,
     interpret: bool = False,
 ) -> Array:
-    """``dk[i·kw + j, c] = Σ_{n,oh,ow} x[n, row_i(oh), col_j(ow), c] · g[n, oh, ow, c]`` in float32."""
-    if _is_unit(rows) and _is_unit(cols) and not isinstance(tiles, Tiles):
-        return _row_kernel_grad(x, g, rows, cols, tiles, interpret)
+    """``dk[i·kw + j, c] = Σ_{n,oh,ow} x[n, row_i(oh), col_j(ow), c] · g[n, oh, ow, c]`` in float32, for the
+    forward geometry ``row_geom``/``col_geom``. Unit stride defaults to :class:`RowGradTiles`."""
     batch, height, width, channels = x.shape
     _, out_h, out_w, _ = g.shape
-    if not isinstance(tiles, Tiles):
-        tiles = Tiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
-    col_blocks = pl.cdiv(out_w, tiles.cols)
-    taps = len(rows.b) * len(cols.b)
-    kernel = functools.partial(
-        _kernel_grad_kernel,
-        in_hw=(height, width),
-        out_hw=(out_h, out_w),
-        channels=channels,
-        rows=rows,
-        cols=cols,
-        tiles=tiles,
-    )
-    partial_sums = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((batch * col_blocks * taps * channels,), jnp.float32),
-        grid=(batch, col_blocks, pl.cdiv(channels, tiles.chans)),
-        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=tiles.warps, num_stages=1),
-        interpret=interpret,
-        name="depthwise_kernel_grad",
-    )(x.reshape(-1), g.reshape(-1))
-    return partial_sums.reshape(batch * col_blocks, taps, channels).sum(axis=0)
+    taps = len(row_geom.b) * len(col_geom.b)
+    unit = _is_unit(row_geom) and _is_unit(col_geom)
+    if isinstance(tiles, RowGradTiles) and not unit:
+        raise ValueError(f"RowGradTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
+    common = dict(in_hw=(height, width), out_hw=(out_h, out_w), channels=channels, row_geom=row_geom)
+    common.update(col_geom=col_geom)
+    if unit and not isinstance(tiles, BlockTiles):
+        tiles = tiles or default_row_grad_tiles(out_w * channels, taps)
+        groups = pl.cdiv(batch, tiles.images)
+        kernel = functools.partial(_row_kernel_grad_kernel, batch=batch, tiles=tiles, **common)
+        grid, stages = (groups, pl.cdiv(out_w * channels, tiles.width)), 2
+        partial_shape, name = (groups, taps, out_w, channels), "depthwise_kernel_grad_rows"
+    else:
+        tiles = tiles or BlockTiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
+        col_blocks = pl.cdiv(out_w, tiles.cols)
+        kernel = functools.partial(_block_kernel_grad_kernel, tiles=tiles, **common)
+        grid, stages = (batch, col_blocks, pl.cdiv(channels, tiles.chans)), 1
+        partial_shape, name = (batch * col_blocks, taps, 1, channels), "depthwise_kernel_grad_blocks"
+    out_shape = jax.ShapeDtypeStruct((math.prod(partial_shape),), jnp.float32)
+    partial_sums = _pallas(kernel, out_shape, grid, tiles.warps, stages, interpret, name)(x.reshape(-1), g.reshape(-1))
+    return partial_sums.reshape(partial_shape).sum(axis=(0, 2))
 
 
-def _forward_geometry(k: int, s: int, d: int, lo: int) -> Geometry:
-    return Geometry(a=s, b=tuple(i * d - lo for i in range(k)), den=1)
+def _forward_geometry(spec: Spec) -> Geometry:
+    k, stride, dilation, lo, _ = spec
+    return Geometry(a=stride, b=tuple(i * dilation - lo for i in range(k)), den=1)
 
 
-def _input_grad_geometry(k: int, s: int, d: int, lo: int) -> Geometry:
-    return Geometry(a=1, b=tuple(lo - i * d for i in range(k)), den=s)
-
-
-def _out_size(size: int, k: int, s: int, d: int, lo: int, hi: int) -> int:
-    return (size + lo + hi - (k - 1) * d - 1) // s + 1
+def _input_grad_geometry(spec: Spec) -> Geometry:
+    k, stride, dilation, lo, _ = spec
+    return Geometry(a=1, b=tuple(lo - i * dilation for i in range(k)), den=stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise(x: Array, kernel: Array, rows: tuple, cols: tuple, interpret: bool = False) -> Array:
-    """Depthwise conv of NHWC ``x`` with a ``(kh, kw, 1, C)`` kernel; ``rows``/``cols`` are per-axis
-    ``(k, stride, dilation, pad_lo, pad_hi)`` as in :mod:`flax_dsconv.layers`. Pallas forward and VJP."""
-    return _forward(x, kernel, rows, cols, interpret)
+def depthwise(x: Array, kernel: Array, row_spec: Spec, col_spec: Spec, interpret: bool = False) -> Array:
+    """Depthwise conv of NHWC ``x`` with a ``(kh, kw, 1, C)`` kernel, zero padding and strides as in the per-axis
+    specs ``(kernel size, stride, dilation, pad_lo, pad_hi)``: Pallas forward and VJP. ``interpret`` runs
+    Pallas' interpreter (any backend; for tests)."""
+    return _forward(x, kernel, row_spec, col_spec, interpret)
 
 
-def _forward(x, kernel, rows, cols, interpret):
-    (kh, sh, dh, top, _), (kw, sw, dw, left, _) = rows, cols
-    out_hw = (_out_size(x.shape[1], *rows), _out_size(x.shape[2], *cols))
-    taps = kernel.reshape(kh * kw, kernel.shape[-1])
-    return gather_correlate(
-        x, taps, out_hw, _forward_geometry(kh, sh, dh, top), _forward_geometry(kw, sw, dw, left), interpret=interpret
-    )
+def _forward(x, kernel, row_spec, col_spec, interpret):
+    out_hw = (_out_size(x.shape[1], row_spec), _out_size(x.shape[2], col_spec))
+    taps = kernel.reshape(-1, kernel.shape[-1])
+    row_geom, col_geom = _forward_geometry(row_spec), _forward_geometry(col_spec)
+    return gather_correlate(x, taps, out_hw, row_geom, col_geom, interpret=interpret)
 
 
-def _depthwise_fwd(x, kernel, rows, cols, interpret):
-    return _forward(x, kernel, rows, cols, interpret), (x, kernel)
+def _depthwise_fwd(x, kernel, row_spec, col_spec, interpret):
+    return _forward(x, kernel, row_spec, col_spec, interpret), (x, kernel)
 
 
-def _depthwise_bwd(rows, cols, interpret, residuals, g):
+def _depthwise_bwd(row_spec, col_spec, interpret, residuals, g):
     x, kernel = residuals
-    (kh, sh, dh, top, _), (kw, sw, dw, left, _) = rows, cols
-    taps = kernel.reshape(kh * kw, kernel.shape[-1])
-    dx = gather_correlate(
-        g.astype(x.dtype),
-        taps.astype(x.dtype),
-        x.shape[1:3],
-        _input_grad_geometry(kh, sh, dh, top),
-        _input_grad_geometry(kw, sw, dw, left),
-        interpret=interpret,
-    )
-    rows_fwd, cols_fwd = _forward_geometry(kh, sh, dh, top), _forward_geometry(kw, sw, dw, left)
-    dk = kernel_grad(x, g.astype(x.dtype), rows_fwd, cols_fwd, interpret=interpret)
+    g = g.astype(x.dtype)
+    taps = kernel.reshape(-1, kernel.shape[-1])
+    row_geom, col_geom = _input_grad_geometry(row_spec), _input_grad_geometry(col_spec)
+    dx = gather_correlate(g, taps, x.shape[1:3], row_geom, col_geom, interpret=interpret)
+    dk = kernel_grad(x, g, _forward_geometry(row_spec), _forward_geometry(col_spec), interpret=interpret)
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

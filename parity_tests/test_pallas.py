@@ -11,85 +11,122 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_dsconv import DepthwiseConv
+from flax_dsconv import DepthwiseConv, layers
 from flax_dsconv import pallas_depthwise as pdw
 
 
-def xla_depthwise(x, kernel, stride, padding, dilation):
+def xla_depthwise(x, kernel, strides, padding, dilation):
     return jax.lax.conv_general_dilated(
         x,
         kernel,
-        (stride, stride),
+        strides,
         padding,
-        rhs_dilation=(dilation, dilation),
+        rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=x.shape[-1],
         precision="highest",
     )
 
 
-def geometry(kernel, stride, dilation, padding):
-    (top, bottom), (left, right) = padding
-    return (kernel, stride, dilation, top, bottom), (kernel, stride, dilation, left, right)
+def specs(kernel, strides, dilation, padding):
+    """Per-axis ``(k, stride, dilation, lo, hi)``, as ``pallas_depthwise.depthwise`` takes them."""
+    return tuple((k, s, d, lo, hi) for k, s, d, (lo, hi) in zip(kernel, strides, dilation, padding, strict=True))
 
 
-# (N, H, W, C), kernel, stride, dilation, explicit padding. Unit stride runs the flattened-row kernels, the
-# others the channel-block kernels; C=20 and C=40 leave part of a channel block masked, N=3 leaves half of
-# the kernel gradient's last two-image group empty, ((5, 0), (0, 6)) pads past the kernel's reach.
+def draw(shape, kernel, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(shape, np.float32))
+    w = jnp.asarray(rng.standard_normal((*kernel, 1, shape[-1]), np.float32))
+    return rng, x, w
+
+
+# (N, H, W, C), kernel, strides, dilation, explicit padding. Stride 1 on both axes runs the flattened-row
+# kernels (C=20: a row tile ends inside a pixel; N=3: the kernel gradient's last two-image group is half
+# empty); any other stride runs the channel-block kernels (C=24, 40, 72: the last channel block is masked).
+# The input gradient of a strided conv divides by the stride (with dilation 2 in one case). ((5, 0), (0, 6))
+# pads past the kernel's reach; one case has a different kernel and stride per axis.
 CASES = [
-    ((2, 9, 11, 16), 3, 1, 1, ((1, 1), (1, 1))),
-    ((3, 8, 9, 40), 3, 1, 1, ((0, 2), (2, 0))),
-    ((1, 8, 8, 20), 3, 1, 2, ((2, 2), (2, 2))),
-    ((1, 8, 9, 16), 3, 1, 1, ((0, 0), (0, 0))),
-    ((1, 6, 6, 8), 3, 1, 1, ((5, 0), (0, 6))),
-    ((2, 9, 11, 16), 3, 2, 1, ((1, 1), (1, 1))),
-    ((1, 10, 7, 24), 5, 2, 1, ((2, 2), (2, 2))),
-    ((1, 7, 9, 8), 3, 2, 1, ((0, 1), (1, 0))),
-    ((1, 9, 9, 72), 3, 3, 1, ((1, 1), (1, 1))),
+    ((2, 9, 11, 16), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),
+    ((3, 8, 9, 20), (3, 3), (1, 1), (1, 1), ((0, 2), (2, 0))),
+    ((1, 8, 8, 20), (3, 3), (1, 1), (2, 2), ((2, 2), (2, 2))),
+    ((1, 8, 9, 16), (3, 3), (1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((1, 6, 6, 8), (3, 3), (1, 1), (1, 1), ((5, 0), (0, 6))),
+    ((2, 9, 11, 40), (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1))),
+    ((1, 11, 10, 24), (3, 3), (2, 2), (2, 2), ((2, 2), (2, 1))),
+    ((1, 10, 7, 24), (5, 5), (2, 2), (1, 1), ((2, 2), (2, 2))),
+    ((1, 9, 12, 8), (3, 5), (1, 2), (1, 1), ((1, 1), (2, 2))),
+    ((1, 7, 9, 8), (3, 3), (2, 2), (1, 1), ((0, 1), (1, 0))),
+    ((1, 9, 9, 72), (3, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
 ]
 
 
-@pytest.mark.parametrize("shape,kernel,stride,dilation,padding", CASES)
-def test_pallas_kernels_equal_xla_forward_and_both_gradients(shape, kernel, stride, dilation, padding):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(shape, np.float32))
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1]), np.float32))
-    rows, cols = geometry(kernel, stride, dilation, padding)
+@pytest.mark.parametrize("shape,kernel,strides,dilation,padding", CASES)
+def test_pallas_kernels_equal_xla_forward_and_both_gradients(shape, kernel, strides, dilation, padding):
+    rng, x, w = draw(shape, kernel)
+    row_spec, col_spec = specs(kernel, strides, dilation, padding)
 
-    def reference(x, w):
-        return xla_depthwise(x, w, stride, padding, dilation)
+    @jax.jit
+    def both(x, w, g):
+        y_ref, vjp_ref = jax.vjp(lambda x, w: xla_depthwise(x, w, strides, padding, dilation), x, w)
+        y, vjp = jax.vjp(lambda x, w: pdw.depthwise(x, w, row_spec, col_spec, True), x, w)
+        return (y, *vjp(g)), (y_ref, *vjp_ref(g))
 
-    def pallas(x, w):
-        return pdw.depthwise(x, w, rows, cols, True)
-
-    y_ref, vjp_ref = jax.vjp(reference, x, w)
-    y, vjp = jax.vjp(pallas, x, w)
-    assert y.shape == y_ref.shape
-    g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
-    (dx, dw), (dx_ref, dw_ref) = vjp(g), vjp_ref(g)
+    out_shape = jax.eval_shape(lambda x, w: xla_depthwise(x, w, strides, padding, dilation), x, w).shape
+    g = jnp.asarray(rng.standard_normal(out_shape, np.float32))
+    (y, dx, dw), (y_ref, dx_ref, dw_ref) = both(x, w, g)
+    assert y.shape == y_ref.shape and dx.shape == x.shape and dw.shape == w.shape
     chex.assert_trees_all_close((y, dx), (y_ref, dx_ref), atol=1e-5, rtol=0)
     # Kernel gradients sum over every output pixel (values up to ~40): bound them relatively as well.
     chex.assert_trees_all_close(dw, dw_ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape,kernel,stride,dilation,padding", [CASES[1], CASES[4]])
-def test_channel_block_tiling_also_serves_unit_stride(shape, kernel, stride, dilation, padding):
-    # Unit stride picks the flattened-row kernels; the channel-block kernels must give the same sums there.
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal(shape, np.float32))
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1]), np.float32))
-    rows, cols = geometry(kernel, stride, dilation, padding)
-    fwd_rows = pdw._forward_geometry(kernel, stride, dilation, rows[3])
-    fwd_cols = pdw._forward_geometry(kernel, stride, dilation, cols[3])
-    taps = w.reshape(kernel * kernel, shape[-1])
-    y_ref = xla_depthwise(x, w, stride, padding, dilation)
-    blocks = pdw.Tiles(rows=4, cols=4, chans=16)
-    y = pdw.gather_correlate(x, taps, y_ref.shape[1:3], fwd_rows, fwd_cols, blocks, interpret=True)
-    np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0)
+def test_explicit_tiles_spanning_many_programs_give_the_same_sums():
+    # Small tiles put the program-index arithmetic to work: several row blocks and row runs per image (runs of
+    # 32 elements end inside 20-channel pixels), several images per kernel-gradient program with the last group
+    # short, and the channel-block kernels on a unit-stride geometry with a masked channel block.
+    shape, kernel, padding = (3, 7, 9, 20), (3, 3), ((1, 1), (1, 1))
+    rng, x, w = draw(shape, kernel, seed=1)
+    row_spec, col_spec = specs(kernel, (1, 1), (1, 1), padding)
+    rows, cols = pdw._forward_geometry(row_spec), pdw._forward_geometry(col_spec)
+    taps = w.reshape(9, shape[-1])
+    y_ref, vjp_ref = jax.vjp(lambda w: xla_depthwise(x, w, (1, 1), padding, (1, 1)), w)
     g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
-    dw_ref = jax.vjp(lambda w: xla_depthwise(x, w, stride, padding, dilation), w)[1](g)[0]
-    dw = pdw.kernel_grad(x, g, fwd_rows, fwd_cols, pdw.Tiles(rows=2, cols=4, chans=16), interpret=True)
-    np.testing.assert_allclose(dw.reshape(dw_ref.shape), dw_ref, atol=1e-5, rtol=1e-5)
+    dw_ref = vjp_ref(g)[0].reshape(9, shape[-1])
+    for tiles in (pdw.RowTiles(rows=2, width=32), pdw.BlockTiles(rows=2, cols=4, chans=16)):
+        y = jax.jit(lambda x, t, tiles=tiles: pdw.gather_correlate(x, t, (7, 9), rows, cols, tiles, True))(x, taps)
+        np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0, err_msg=str(tiles))
+    for tiles in (pdw.RowGradTiles(width=32, images=2), pdw.BlockTiles(rows=2, cols=4, chans=16)):
+        dw = jax.jit(lambda x, g, tiles=tiles: pdw.kernel_grad(x, g, rows, cols, tiles, True))(x, g)
+        np.testing.assert_allclose(dw, dw_ref, atol=1e-5, rtol=1e-5, err_msg=str(tiles))
+    with pytest.raises(ValueError, match="RowTiles need unit-stride geometries"):
+        strided = pdw._forward_geometry((3, 2, 1, 1, 1))
+        pdw.gather_correlate(x, taps, (4, 5), strided, strided, pdw.RowTiles(2, 32), True)
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,padding,multiplier",
+    [(3, 1, "torch", 1), (3, 2, "SAME", 1), ((3, 5), (2, 1), "VALID", 1), (3, 2, "torch", 2)],
+)
+def test_depthwise_conv_pallas_path_equals_xla(monkeypatch, kernel, strides, padding, multiplier):
+    # The layer's own route to the kernels (padding resolution, per-axis specs, the multiplier fallback), run
+    # through the interpreter: on a CPU backend 'pallas' is refused, so both hooks are stood in for here.
+    original = pdw.depthwise
+    monkeypatch.setattr(pdw, "depthwise", lambda x, w, rows, cols: original(x, w, rows, cols, True))
+    monkeypatch.setattr(layers, "resolve_depthwise", lambda implementation: implementation)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 9, 10, 8), np.float32))
+    convs = {
+        impl: DepthwiseConv(kernel, strides, padding, depth_multiplier=multiplier, use_bias=True, implementation=impl)
+        for impl in ("xla", "pallas")
+    }
+    variables = convs["xla"].init(jax.random.key(0), x)
+
+    def loss(variables, x, impl):
+        y = convs[impl].apply(variables, x)
+        return jnp.sum(y * jnp.cos(y)), y
+
+    grads = {impl: jax.jit(jax.grad(loss, (0, 1), has_aux=True), static_argnums=2)(variables, x, impl)
+             for impl in convs}  # fmt: skip
+    chex.assert_trees_all_close(grads["pallas"], grads["xla"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -98,10 +135,10 @@ def test_pallas_kernels_lower_to_triton(stride):
     # does not support fails here, without a GPU.
     x = jax.ShapeDtypeStruct((8, 28, 28, 144), jnp.bfloat16)
     w = jax.ShapeDtypeStruct((3, 3, 1, 144), jnp.bfloat16)
-    rows = (3, stride, 1, 1, 1)
+    spec = (3, stride, 1, 1, 1)
 
     def forward_and_vjp(x, w):
-        y, vjp = jax.vjp(lambda x, w: pdw.depthwise(x, w, rows, rows), x, w)
+        y, vjp = jax.vjp(lambda x, w: pdw.depthwise(x, w, spec, spec), x, w)
         return y, vjp(y)
 
     text = jax.jit(forward_and_vjp).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
@@ -111,14 +148,18 @@ def test_pallas_kernels_lower_to_triton(stride):
 def test_pallas_implementation_needs_a_gpu():
     if jax.default_backend() == "gpu":
         pytest.skip("this checks the error off a GPU")
-    with pytest.raises(ValueError, match="'pallas' runs Triton kernels on an NVIDIA GPU; the default backend is"):
+    with pytest.raises(ValueError, match="'pallas' runs Triton kernels on a GPU; the default backend is 'cpu'"):
         DepthwiseConv(implementation="pallas").init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
 
 
-def test_default_tiles_are_powers_of_two_within_the_tensor():
+def test_default_tiles_are_powers_of_two_within_the_register_budget():
     for out_h, out_w, channels in [(112, 112, 32), (56, 56, 144), (7, 7, 960), (28, 28, 20), (1, 1, 3)]:
-        tiles = pdw.default_tiles(out_h, out_w, channels)
-        for size in tiles[:3]:
-            assert size & (size - 1) == 0
-        assert tiles.chans == min(64, 1 << (channels - 1).bit_length())
-        assert tiles.cols <= max(8, out_w) and tiles.rows * tiles.cols * tiles.chans <= 4096
+        blocks = pdw.default_block_tiles(out_h, out_w, channels)
+        rows = pdw.default_row_tiles(out_h, out_w * channels)
+        for size in (*blocks[:3], *rows[:2]):
+            assert size >= 1 and size & (size - 1) == 0
+        assert blocks.chans == min(64, 1 << (channels - 1).bit_length())
+        assert blocks.rows * blocks.cols * blocks.chans <= 4096 and rows.rows * rows.width <= 4096
+    # Kernel-gradient sums: one float32 per tap and element, 9 x 1,024 at most.
+    assert [pdw.default_row_grad_tiles(8064, k * k).width for k in (3, 5, 7)] == [1024, 256, 128]
+    assert pdw.default_row_grad_tiles(100, 9).width == 128
