@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -11,7 +13,12 @@ from flax_dsconv.parity import ATOL, randomize_batchnorm, to_nchw, to_nhwc
 
 __all__ = ["ATOL", "assert_close", "photo_batch", "random_variables", "randomize_batchnorm", "to_nchw", "to_nhwc"]
 
-torch.set_num_threads(2)
+# pytest runs the suite in 2 pytest-xdist workers (pyproject's addopts), one per core of the 2-core CI machine, and
+# each worker gets one torch thread: with two each, the workers' OpenMP threads outnumber the cores and every
+# parallel region waits for a descheduled thread (with one core busy, a 20-step fp32 + float64 MobileNetV3 torch
+# trajectory took 28 s on 2 threads, 7 s on 1). Serial runs (-n 0) keep two threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(2 if _WORKERS == 1 else max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
 def assert_close(got, expected, atol: float = ATOL) -> None:
