@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from flax_dsconv.padding import Axis as _Axis
 from flax_dsconv.padding import PaddingLike, resolve_padding
+from flax_dsconv.padding import output_size as _out_size
 
 Array = jax.Array
 Dtype = Any
@@ -230,15 +232,6 @@ class BatchNorm(nn.Module):
         return functools.partial(cls, **dataclasses.asdict(config), **kwargs)
 
 
-# A window geometry per spatial axis: (kernel size, stride, dilation, padding before, padding after).
-_Axis = tuple[int, int, int, int, int]
-
-
-def _out_size(size: int, axis: _Axis) -> int:
-    k, s, d, lo, hi = axis
-    return (size + lo + hi - (k - 1) * d - 1) // s + 1
-
-
 def _shifted_taps(x: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
     """``Σ_ij x[:, i·dh + s·h, j·dw + s·w, c] · kernel[i, j, 0, c]`` over an already padded ``x``."""
     kh, kw = kernel.shape[:2]
@@ -361,11 +354,9 @@ def _depthwise_shifted(
     Same result as the grouped ``conv_general_dilated``; on XLA:CPU it avoids the per-channel matrix products
     of a grouped convolution (and, under autodiff, the dense expansion of its weight gradient).
     """
-    kh, kw = kernel.shape[:2]
     if multiplier > 1:  # output channel c*m + j reads input channel c
         x = jnp.repeat(x, multiplier, axis=-1)
-    (top, bottom), (left, right) = _explicit_pads(x.shape, (kh, kw), strides, padding, dilation)
-    return _depthwise(x, kernel, (kh, strides[0], dilation[0], top, bottom), (kw, strides[1], dilation[1], left, right))
+    return _depthwise(x, kernel, *_axes(x, kernel, strides, padding, dilation))
 
 
 def _explicit_pads(
@@ -466,7 +457,8 @@ def resolve_depthwise(implementation: str) -> str:
     return implementation
 
 
-def _pallas_specs(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _Axis]:
+def _axes(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _Axis]:
+    """The conv's window per spatial axis, padding made explicit."""
     (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
     (top, bottom), (left, right) = _explicit_pads(x.shape, (kh, kw), strides, padding, dilation)
     return (kh, sh, dh, top, bottom), (kw, sw, dw, left, right)
@@ -476,13 +468,13 @@ def _pallas_fits(x: Array, kernel: Array, strides, padding, dilation) -> bool:
     """Whether the Pallas kernels serve this conv (else DepthwiseConv uses ``'xla'``): see ``pallas_depthwise.fits``."""
     from flax_dsconv import pallas_depthwise
 
-    return pallas_depthwise.fits(x.shape, *_pallas_specs(x, kernel, strides, padding, dilation))
+    return pallas_depthwise.fits(x.shape, *_axes(x, kernel, strides, padding, dilation))
 
 
 def _depthwise_pallas(x: Array, kernel: Array, strides, padding, dilation) -> Array:
     from flax_dsconv import pallas_depthwise
 
-    return pallas_depthwise.depthwise(x, kernel, *_pallas_specs(x, kernel, strides, padding, dilation))
+    return pallas_depthwise.depthwise(x, kernel, *_axes(x, kernel, strides, padding, dilation))
 
 
 def pad_for_depthwise(

@@ -44,3 +44,13 @@ def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: 
     if len(pairs) != len(kernel_size) or any(len(pair) != 2 for pair in pairs):
         raise ValueError(f"explicit padding must be {len(kernel_size)} (low, high) pairs, got {padding!r}")
     return pairs  # type: ignore[return-value]
+
+
+# One spatial axis of a conv window: (kernel size, stride, dilation, padding before, padding after).
+Axis = tuple[int, int, int, int, int]
+
+
+def output_size(size: int, axis: Axis) -> int:
+    """Output positions along one axis of an input of ``size``."""
+    k, s, d, lo, hi = axis
+    return (size + lo + hi - (k - 1) * d - 1) // s + 1

@@ -40,6 +40,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from flax_dsconv.padding import Axis
+from flax_dsconv.padding import output_size as _out_size
+
 try:  # Triton-specific loads and stores with masks; absent from some jaxlib builds
     from jax.experimental.pallas import triton as plgpu
 except ImportError:  # pragma: no cover - depends on the installed jaxlib
@@ -58,9 +61,8 @@ class Geometry(NamedTuple):
     den: int
 
 
-# A conv's window along one axis, as in :mod:`flax_dsconv.layers`: (kernel size, stride, dilation, padding
-# before, padding after).
-Spec = tuple[int, int, int, int, int]
+# A conv's window along one axis: (kernel size, stride, dilation, padding before, padding after).
+Spec = Axis
 
 
 class BlockTiles(NamedTuple):
@@ -126,11 +128,6 @@ def default_row_tiles(out_h: int, out_row: int) -> RowTiles:
 def default_row_grad_tiles(out_row: int, taps: int) -> RowGradTiles:
     # One float32 sum per tap and element: 1,024 elements for a 3x3 kernel, 256 for 5x5.
     return RowGradTiles(min(_next_pow2(out_row), 1024, _floor_pow2(_GRAD_REGISTERS // taps)))
-
-
-def _out_size(size: int, spec: Spec) -> int:
-    k, s, d, lo, hi = spec
-    return (size + lo + hi - (k - 1) * d - 1) // s + 1
 
 
 def fits(x_shape: tuple[int, ...], row_spec: Spec, col_spec: Spec) -> bool:
