@@ -59,10 +59,13 @@ def _output_and_gradients(module: nn.Module, variables: dict, x: jax.Array, cota
     return forward_and_vjp(variables, x, cotangent)
 
 
-# ((5, 0), (0, 6)) pads past the kernel's reach on both sides: some outputs read only zeros.
+# ((5, 0), (0, 6)) pads past the kernel's reach on both sides: some outputs read only zeros. The input gradient
+# runs one correlation per stride phase: stride 3 with dilation 2, and a different kernel, stride and dilation
+# per axis, give phases of unequal tap counts.
 @pytest.mark.parametrize("padding", ["torch", "SAME", "VALID", 2, ((0, 1), (2, 0)), ((5, 0), (0, 6))])
 @pytest.mark.parametrize("kernel,stride,size,dilation,multiplier", [
-    (3, 1, 7, 1, 1), (3, 2, 8, 1, 1), (5, 2, 9, 1, 2), (3, 1, 8, 2, 1), (5, 2, 10, 2, 2), (3, 2, 7, 2, 1)])  # fmt: skip
+    (3, 1, 7, 1, 1), (3, 2, 8, 1, 1), (5, 2, 9, 1, 2), (3, 1, 8, 2, 1), (5, 2, 10, 2, 2), (3, 2, 7, 2, 1),
+    (5, 3, 11, 2, 1), ((3, 5), (2, 1), 9, (1, 2), 1)])  # fmt: skip
 def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     kernel, stride, size, dilation, multiplier, padding
 ):
@@ -85,6 +88,34 @@ def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
     chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=0)
     # Kernel gradients sum over every output pixel (values ~30): bound them relatively as well.
     chex.assert_trees_all_close((dv, dx), (dv_ref, dx_ref), atol=1e-5, rtol=1e-5)
+
+
+# Padding past the kernel's reach (k - 1)·d on one side: some outputs read only zeros. XLA:CPU's own gradient of
+# such a conv reads memory outside the cotangent at up to 16 channels (openxla/xla#48713); the 'xla' path pads
+# those pixels itself. The reference is float64 PyTorch on an explicitly padded input.
+@pytest.mark.parametrize("implementation", ["xla", "shifted"])
+@pytest.mark.parametrize("stride,padding", [(1, ((4, 0), (3, 5))), (2, ((5, 0), (0, 6))), (3, ((0, 4), (4, 1)))])
+def test_depthwise_gradients_with_padding_beyond_the_kernels_reach_match_torch(stride, padding, implementation):
+    (top, bottom), (left, right) = padding
+    x = torch.randn(2, 4, 8, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, stride=stride, groups=4)
+    g = torch.randn_like(y)
+    y.backward(g)
+    layer = DepthwiseConv(3, stride, padding, implementation=implementation)
+    variables = {"params": {"kernel": jnp.asarray(w.detach().numpy().transpose(2, 3, 1, 0), jnp.float32)}}
+    out, (dv, dx) = _output_and_gradients(layer, variables, to_nhwc(x.detach()).astype(jnp.float32), to_nhwc(g))
+    assert_close(out, y)
+    assert_close(dx, x.grad)
+    np.testing.assert_allclose(dv["params"]["kernel"], w.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "shifted"])
+@pytest.mark.parametrize("size,padding", [(4, 0), (2, 1)])
+def test_depthwise_rejects_input_smaller_than_its_window(size, padding, implementation):
+    layer = DepthwiseConv(5, padding=padding, implementation=implementation)
+    with pytest.raises(ValueError, match=rf"input {size}x{size} \(padded: {size + 2 * padding}x.*5x5 window"):
+        layer.init(jax.random.key(0), jnp.ones((1, size, size, 3)))
 
 
 @pytest.mark.parametrize("implementation", ["xla", "shifted"])

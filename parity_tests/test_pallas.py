@@ -16,11 +16,14 @@ from flax_dsconv import pallas_depthwise as pdw
 
 
 def xla_depthwise(x, kernel, strides, padding, dilation):
+    # Padded here, not by the conv: XLA:CPU's gradient of a conv padded past its kernel's reach reads memory
+    # outside the cotangent at up to 16 channels (openxla/xla#48713).
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         strides,
-        padding,
+        "VALID",
         rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=x.shape[-1],
