@@ -643,13 +643,26 @@ def full_conv(
     dtype: Dtype | None = None,
     name: str | None = None,
 ) -> nn.Conv:
-    """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes."""
+    """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes.
+
+    Padding past the kernel's reach ``(k - 1)·d`` raises: XLA:CPU computes the input gradient of such a conv
+    from memory outside its buffer (openxla/xla#48713). Pad the input with ``jnp.pad`` instead.
+    """
     kernel, dil = _pair(kernel_size), _pair(dilation)
+    resolved = resolve_padding(padding, kernel, dil)
+    if not isinstance(resolved, str):
+        reach = [(k - 1) * d for k, d in zip(kernel, dil, strict=True)]
+        if any(max(pair) > r for pair, r in zip(resolved, reach, strict=True)):
+            raise ValueError(
+                f"full_conv: padding {padding!r} reaches past the {kernel[0]}x{kernel[1]} kernel's "
+                f"{tuple(reach)} pixels; XLA:CPU gets the input gradient of such a conv wrong "
+                "(openxla/xla#48713): pad the input with jnp.pad first"
+            )
     return nn.Conv(
         features,
         kernel,
         strides=_pair(strides),
-        padding=resolve_padding(padding, kernel, dil),
+        padding=resolved,
         kernel_dilation=dil,
         use_bias=use_bias,
         dtype=dtype,

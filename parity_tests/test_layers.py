@@ -344,3 +344,13 @@ def test_model_rejects_bad_input(x, error, match):
 
     with pytest.raises(error, match=match):
         mobilenet_v3_small().init(jax.random.key(0), x)
+
+
+def test_dense_conv_rejects_padding_past_its_kernels_reach():
+    from flax_dsconv.layers import full_conv
+
+    assert full_conv(8, 3, padding=((2, 2), (0, 2))).padding == ((2, 2), (0, 2))  # at the reach: fine
+    with pytest.raises(ValueError, match=r"padding \(\(3, 0\), \(0, 0\)\) reaches past the 3x3 kernel's \(2, 2\)"):
+        full_conv(8, 3, padding=((3, 0), (0, 0)))
+    with pytest.raises(ValueError, match="1x1 kernel's"):
+        full_conv(8, 1, padding=1)
