@@ -2,8 +2,7 @@
 
 Each workload runs in Flax (jit-compiled, the first call timed separately: that is compile plus one step),
 PyTorch eager with ``channels_last`` tensors, and optionally ``torch.compile``. Times are medians over
-``repeats`` calls after a warm-up call, each synchronised (``block_until_ready`` / ``cuda.synchronize``); the
-frameworks take turns, one call each per round, so that other load on the machine falls on all of them.
+``repeats`` calls after a warm-up call, each synchronised (``block_until_ready`` / ``cuda.synchronize``).
 Ratios are throughput ratios, Flax over PyTorch (above 1: Flax is faster).
 
 Workloads: a depthwise layer, a pointwise layer and a depthwise separable block (forward, and the gradient
@@ -84,36 +83,17 @@ class _Workload:
     bytes_per_call: int | None = None
 
 
-def _time_interleaved(
-    runs: Sequence[tuple[str, Callable[[], Any], Callable[[Any], None]]], repeats: int, log: Callable[[str], None]
-) -> dict[str, tuple[float, float] | Exception]:
-    """``{name: (median seconds, first-call seconds)}`` for ``(name, fn, sync)`` runs, or the exception a run raised.
-
-    After each run's first call and one warm-up call (allocator, caches, any lazy second compilation for donated
-    buffers), the timed calls take turns, one call of each run per round: load from other jobs on a shared
-    machine then slows every framework alike instead of whichever happened to run during it.
-    """
-    out: dict[str, tuple[float, float] | Exception] = {}
-    firsts, live = {}, []
-    for name, fn, sync in runs:
-        log(f"  {name}: first call")
-        try:
-            start = time.perf_counter()
-            sync(fn())
-            firsts[name] = time.perf_counter() - start
-            sync(fn())
-        except Exception as e:  # a torch.compile toolchain failure must not hide the other rows
-            out[name] = e
-            continue
-        live.append((name, fn, sync))
-    times: dict[str, list[float]] = {name: [] for name, _, _ in live}
+def _time(fn: Callable[[], Any], sync: Callable[[Any], None], repeats: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    sync(fn())
+    first = time.perf_counter() - start
+    sync(fn())  # warm-up: allocator, caches, and any lazy second compilation (donated buffers)
+    times = []
     for _ in range(repeats):
-        for name, fn, sync in live:
-            start = time.perf_counter()
-            sync(fn())
-            times[name].append(time.perf_counter() - start)
-    out.update({name: (statistics.median(times[name]), firsts[name]) for name, _, _ in live})
-    return out
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), first
 
 
 def _torch_setup(settings: Settings) -> tuple[Any, Any, Any]:
@@ -350,16 +330,13 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
             runs = [("flax", w.flax, jax.block_until_ready), ("torch", w.torch, torch_sync)]
             if w.torch_compiled is not None:
                 runs.append(("torch.compile", w.torch_compiled, torch_sync))
-            log(w.name)
-            timed = _time_interleaved(runs, settings.repeats, log)
-            for framework, _, _ in runs:
-                outcome = timed[framework]
-                if isinstance(outcome, Exception):
-                    results.append(
-                        Result(w.name, framework, w.batch, float("nan"), float("nan"), 0.0, error=repr(outcome))
-                    )
+            for framework, fn, sync in runs:
+                log(f"{w.name}: {framework}")
+                try:
+                    median, first = _time(fn, sync, settings.repeats)
+                except Exception as e:  # a torch.compile toolchain failure must not hide the other rows
+                    results.append(Result(w.name, framework, w.batch, float("nan"), float("nan"), 0.0, error=repr(e)))
                     continue
-                median, first = outcome
                 gbps = w.bytes_per_call / median / 1e9 if w.bytes_per_call else None
                 results.append(
                     Result(
