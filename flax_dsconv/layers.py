@@ -497,19 +497,24 @@ def _axes(x: Array, kernel: Array, strides, padding, dilation) -> tuple[_Axis, _
     return (kh, sh, dh, top, bottom), (kw, sw, dw, left, right)
 
 
-def _pad_beyond_reach(x: Array, kernel: Array, strides, padding, dilation) -> tuple[Array, Any]:
-    """``(x, padding)`` for ``conv_general_dilated``, with padding past the kernel's reach ``(k - 1)·d`` applied to
-    ``x`` first (one copy; only explicit pairs can do that).
+def _past_reach(pads: Sequence[tuple[int, int]], kernel_size: Sequence[int], dilation: Sequence[int]) -> list:
+    """Per spatial axis, how far explicit ``(low, high)`` padding reaches past the kernel's reach ``(k - 1)·d``.
 
-    Its input gradient would otherwise be a convolution with negative padding, which XLA:CPU computes from
-    memory outside the cotangent (openxla/xla#48713: NaN or 1e30 gradients at up to 16 channels).
+    XLA:CPU computes the input gradient of a conv padded that far (a conv with negative padding) from memory
+    outside the cotangent (openxla/xla#48713: NaN or 1e30 gradients at up to 16 channels).
     """
-    axes = _axes(x, kernel, strides, padding, dilation)
-    reach = [(k - 1) * d for k, _, d, _, _ in axes]
-    if all(max(lo, hi) <= r for (_, _, _, lo, hi), r in zip(axes, reach, strict=True)):
+    reach = [(k - 1) * d for k, d in zip(kernel_size, dilation, strict=True)]
+    return [(max(lo - r, 0), max(hi - r, 0)) for (lo, hi), r in zip(pads, reach, strict=True)]
+
+
+def _pad_beyond_reach(x: Array, kernel: Array, strides, padding, dilation) -> tuple[Array, Any]:
+    """``(x, padding)`` for ``conv_general_dilated``, with padding past the kernel's reach (see :func:`_past_reach`)
+    applied to ``x`` first (one copy; only explicit pairs can do that)."""
+    pads = _explicit_pads(x.shape, kernel.shape[:2], strides, padding, dilation)
+    beyond = _past_reach(pads, kernel.shape[:2], dilation)
+    if not any(lo or hi for lo, hi in beyond):
         return x, padding
-    beyond = [(max(lo - r, 0), max(hi - r, 0)) for (_, _, _, lo, hi), r in zip(axes, reach, strict=True)]
-    within = tuple((min(lo, r), min(hi, r)) for (_, _, _, lo, hi), r in zip(axes, reach, strict=True))
+    within = tuple((lo - extra_lo, hi - extra_hi) for (lo, hi), (extra_lo, extra_hi) in zip(pads, beyond, strict=True))
     return jnp.pad(x, ((0, 0), *beyond, (0, 0))), within
 
 
@@ -647,18 +652,17 @@ def full_conv(
     """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes.
 
     Padding past the kernel's reach ``(k - 1)·d`` raises: XLA:CPU computes the input gradient of such a conv
-    from memory outside its buffer (openxla/xla#48713). Pad the input with ``jnp.pad`` instead.
+    from memory outside its buffer (see :func:`_past_reach`). Pad the input with ``jnp.pad`` instead.
     """
     kernel, dil = _pair(kernel_size), _pair(dilation)
     resolved = resolve_padding(padding, kernel, dil)
-    if not isinstance(resolved, str):
-        reach = [(k - 1) * d for k, d in zip(kernel, dil, strict=True)]
-        if any(max(pair) > r for pair, r in zip(resolved, reach, strict=True)):
-            raise ValueError(
-                f"full_conv: padding {padding!r} reaches past the {kernel[0]}x{kernel[1]} kernel's "
-                f"{tuple(reach)} pixels; XLA:CPU gets the input gradient of such a conv wrong "
-                "(openxla/xla#48713): pad the input with jnp.pad first"
-            )
+    if not isinstance(resolved, str) and any(lo or hi for lo, hi in _past_reach(resolved, kernel, dil)):
+        reach = tuple((k - 1) * d for k, d in zip(kernel, dil, strict=True))
+        raise ValueError(
+            f"full_conv: padding {padding!r} reaches past the {kernel[0]}x{kernel[1]} kernel's "
+            f"{reach} pixels; XLA:CPU gets the input gradient of such a conv wrong "
+            "(openxla/xla#48713): pad the input with jnp.pad first"
+        )
     return nn.Conv(
         features,
         kernel,

@@ -61,10 +61,6 @@ class Geometry(NamedTuple):
     den: int
 
 
-# A conv's window along one axis: (kernel size, stride, dilation, padding before, padding after).
-Spec = Axis
-
-
 class BlockTiles(NamedTuple):
     """Channel-block tiling (any geometry): each program computes ``rows x cols`` output pixels times ``chans``
     channels (powers of two, as Triton's tensors must be; the edges are masked) with ``warps`` warps. The kernel
@@ -130,7 +126,7 @@ def default_row_grad_tiles(out_row: int, taps: int) -> RowGradTiles:
     return RowGradTiles(min(_next_pow2(out_row), 1024, _floor_pow2(_GRAD_REGISTERS // taps)))
 
 
-def fits(x_shape: tuple[int, ...], row_spec: Spec, col_spec: Spec) -> bool:
+def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis) -> bool:
     """Whether this jaxlib has Pallas' Triton backend and 32-bit element offsets address every buffer the three
     kernels touch (input, output, tiled weights, partial sums) for this conv."""
     batch, height, width, channels = x_shape
@@ -338,8 +334,7 @@ def kernel_grad(
     unit = _is_unit(row_geom) and _is_unit(col_geom)
     if isinstance(tiles, RowGradTiles) and not unit:
         raise ValueError(f"RowGradTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
-    common = dict(in_hw=(height, width), out_hw=(out_h, out_w), channels=channels, row_geom=row_geom)
-    common.update(col_geom=col_geom)
+    common = dict(in_hw=(height, width), out_hw=(out_h, out_w), channels=channels, row_geom=row_geom, col_geom=col_geom)
     if unit and not isinstance(tiles, BlockTiles):
         tiles = tiles or default_row_grad_tiles(out_w * channels, taps)
         groups = pl.cdiv(batch, tiles.images)
@@ -357,18 +352,18 @@ def kernel_grad(
     return partial_sums.reshape(partial_shape).sum(axis=(0, 2))
 
 
-def _forward_geometry(spec: Spec) -> Geometry:
+def _forward_geometry(spec: Axis) -> Geometry:
     k, stride, dilation, lo, _ = spec
     return Geometry(a=stride, b=tuple(i * dilation - lo for i in range(k)), den=1)
 
 
-def _input_grad_geometry(spec: Spec) -> Geometry:
+def _input_grad_geometry(spec: Axis) -> Geometry:
     k, stride, dilation, lo, _ = spec
     return Geometry(a=1, b=tuple(lo - i * dilation for i in range(k)), den=stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise(x: Array, kernel: Array, row_spec: Spec, col_spec: Spec, interpret: bool = False) -> Array:
+def depthwise(x: Array, kernel: Array, row_spec: Axis, col_spec: Axis, interpret: bool = False) -> Array:
     """Depthwise conv of NHWC ``x`` with a ``(kh, kw, 1, C)`` kernel, zero padding and strides as in the per-axis
     specs ``(kernel size, stride, dilation, pad_lo, pad_hi)``: Pallas forward and VJP. ``interpret`` runs
     Pallas' interpreter (any backend; for tests)."""
