@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import serialization
@@ -24,27 +25,42 @@ FORMAT_VERSION = 1
 _VARIABLES, _CONFIG = "variables.msgpack", "config.json"
 
 
+# Module fields besides the architecture: the compute dtype (by name), the depthwise implementation, axis_name.
+_RUN_FIELDS = ("dtype", "depthwise", "axis_name")
+
+
+def _run_fields(module: nn.Module) -> dict[str, Any]:
+    fields = {name: getattr(module, name) for name in _RUN_FIELDS}
+    fields["dtype"] = None if fields["dtype"] is None else jnp.dtype(fields["dtype"]).name
+    return fields
+
+
 def _describe(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, MobileNet):
-        return {"module": "MobileNet", "config": module.config.to_dict()}
+        return {"module": "MobileNet", "config": module.config.to_dict(), **_run_fields(module)}
     if isinstance(module, DepthwiseSeparableConv):
-        fields = {
-            f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in ("parent", "name")
-        }
+        skip = ("parent", "name", *_RUN_FIELDS)
+        fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in skip}
         fields["norm"] = dataclasses.asdict(module.norm)
-        if fields.get("dtype") is not None:
-            raise ValueError("save a float32 DepthwiseSeparableConv; set dtype after loading")
-        return {"module": "DepthwiseSeparableConv", "config": fields}
+        return {"module": "DepthwiseSeparableConv", "config": fields, **_run_fields(module)}
     raise ValueError(f"cannot save {type(module).__name__}: expected a MobileNet or DepthwiseSeparableConv")
 
 
 def save(directory: str | os.PathLike, module: nn.Module, variables: Any, **metadata: Any) -> Path:
-    """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``) to ``directory``."""
+    """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``) to ``directory``.
+
+    ``metadata`` (JSON-serialisable keywords) is stored beside the config; its keys must not be the
+    config's own (``format_version``, ``module``, ``config``, ``dtype``, ``depthwise``, ``axis_name``).
+    """
+    info = {"format_version": FORMAT_VERSION, **_describe(module)}
+    clash = sorted(info.keys() & metadata.keys())
+    if clash:
+        raise ValueError(f"metadata keys {clash} would overwrite the saved module description; rename them")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: jax.tree.map(np.asarray, variables[k]) for k in ("params", "batch_stats") if k in variables}
     (directory / _VARIABLES).write_bytes(serialization.msgpack_serialize(state))
-    info = {"format_version": FORMAT_VERSION, **_describe(module), **metadata}
+    info.update(metadata)
     (directory / _CONFIG).write_text(json.dumps(info, indent=2) + "\n")
     return directory
 
@@ -60,12 +76,14 @@ def load(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(
             f"{directory / _CONFIG}: format_version {info.get('format_version')}, expected {FORMAT_VERSION}"
         )
+    run = {name: info.get(name, default) for name, default in zip(_RUN_FIELDS, (None, "auto", None), strict=True)}
+    run["dtype"] = None if run["dtype"] is None else jnp.dtype(run["dtype"])
     if info["module"] == "MobileNet":
-        module: nn.Module = MobileNet(MobileNetConfig.from_dict(info["config"]))
+        module: nn.Module = MobileNet(MobileNetConfig.from_dict(info["config"]), **run)
     elif info["module"] == "DepthwiseSeparableConv":
         config = dict(info["config"])
         config["norm"] = BatchNormConfig(**config["norm"])
-        module = DepthwiseSeparableConv(**config)
+        module = DepthwiseSeparableConv(**config, **run)
     else:
         raise ValueError(f"{directory / _CONFIG}: unknown module {info['module']!r}")
     variables = serialization.msgpack_restore((directory / _VARIABLES).read_bytes())

@@ -15,6 +15,7 @@ torch is imported inside the functions that need it, so ``import flax_dsconv`` w
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -178,18 +179,44 @@ def _abstract_variables(module: nn.Module, in_channels: int) -> Variables:
 
 
 def _to_numpy(value: Any, key: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy twin
+    """A checkpoint tensor as a float numpy array; float types numpy lacks (bfloat16, float8) become float32."""
+    if hasattr(value, "detach"):  # a torch tensor
+        if value.is_meta:
+            raise ConversionError(f"{key}: a meta tensor holds no data; materialise the model's weights first")
+        if not value.is_floating_point():
+            raise ConversionError(f"{key}: expected a floating-point tensor, got dtype {value.dtype}")
         value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
+        if str(value.dtype) not in ("torch.float16", "torch.float32", "torch.float64"):
             value = value.float()
         value = value.numpy()
     arr = np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.floating):
+    if not jnp.issubdtype(arr.dtype, jnp.floating):  # jnp's also knows ml_dtypes' bfloat16 and float8 types
         raise ConversionError(f"{key}: expected a floating-point tensor, got dtype {arr.dtype}")
-    return arr
+    return arr if arr.dtype in (np.float16, np.float32, np.float64) else arr.astype(np.float32)
+
+
+def _listed(keys: list[str], limit: int = 12) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _common_prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """If every expected key is present under one prefix (DataParallel's 'module.', torch.compile's '_orig_mod.'),
+    say so: the keys fit once it is stripped."""
+    prefixes = {u[: -len(m)] for m in missing[:1] for u in unexpected if u.endswith("." + m)}
+    given = set(unexpected)
+    for prefix in sorted(prefixes):
+        if all(prefix + m in given for m in missing):
+            return (
+                f"\n  every expected key is present with the prefix {prefix!r} (DataParallel/DDP: 'module.', "
+                f"torch.compile: '_orig_mod.'); strip it: {{k.removeprefix({prefix!r}): v for k, v in sd.items()}}"
+            )
+    return ""
 
 
 def _check_keys(entries: list[_Entry], state_dict: StateDict, what: str) -> None:
+    not_tensors = sorted(k for k, v in state_dict.items() if not hasattr(v, "shape"))
+    if not_tensors:
+        raise ConversionError(f"state_dict values must be tensors or arrays; not: {_listed(not_tensors)}")
     expected = {e.torch_key: e.torch_shape for e in entries}
     given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(expected.keys() - given.keys())
@@ -199,13 +226,13 @@ def _check_keys(entries: list[_Entry], state_dict: StateDict, what: str) -> None
         return
     lines = [f"state_dict does not fit {what}:"]
     if missing:
-        lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+        lines.append(f"  missing keys ({len(missing)}): " + _listed(missing))
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+        lines.append(f"  unexpected keys ({len(unexpected)}): " + _listed(unexpected))
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}):")
         lines += [f"    {k}: checkpoint {given[k]}, expected {expected[k]}" for k in mismatched]
-    raise ConversionError("\n".join(lines))
+    raise ConversionError("\n".join(lines) + _common_prefix_hint(missing, unexpected))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -297,6 +324,8 @@ class _TorchReader:
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
             raise ConversionError(f"{where}: non-square kernels/strides are not supported: {conv}")
+        if getattr(conv, "padding_mode", "zeros") != "zeros":
+            raise ConversionError(f"{where}: padding_mode={conv.padding_mode!r}; only zero padding is supported")
         if type(conv).__name__ == "Conv2dSame" or conv.padding == "same":
             self.paddings.add("SAME")
         elif tuple(conv.padding) != (d * (k - 1) // 2,) * 2:
@@ -482,6 +511,10 @@ def _describe(model: Any) -> _Described:
     """Infer arch, source and the equivalent Flax module from a torch module."""
     cls = type(model)
     origin = cls.__module__.split(".")[0]
+    if origin == "torch":
+        wrapped = {"DataParallel": "module", "DistributedDataParallel": "module", "OptimizedModule": "_orig_mod"}
+        if cls.__name__ in wrapped:
+            raise ConversionError(f"{cls.__name__} wraps the model: pass model.{wrapped[cls.__name__]}")
     if origin == "torch_ref":
         cfg = model.config
         if cls.__name__ == "DSConv":
@@ -545,6 +578,17 @@ def _skeleton(arch: str | None, source: str | None, state_dict: StateDict, confi
 
     if arch not in TORCHVISION_ARCHS:
         raise ConversionError(f"torchvision arch must be one of {TORCHVISION_ARCHS}, got {arch!r}")
+    # torchvision's MobileNetV3 swallows unknown keywords (a misspelt dilated= would be ignored): check them.
+    from torchvision.models import mobilenetv2, mobilenetv3
+
+    takes = (mobilenetv2.MobileNetV2.__init__,) if arch == "mobilenet_v2" else (
+        mobilenetv3._mobilenet_v3_conf, mobilenetv3.MobileNetV3.__init__)  # fmt: skip
+    allowed = {n for f in takes for n, p in inspect.signature(f).parameters.items()
+               if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "arch", "inverted_residual_setting",
+                                                                       "last_channel"}  # fmt: skip
+    unknown = sorted(config.keys() - allowed)
+    if unknown:
+        raise ConversionError(f"torchvision {arch} takes no argument {unknown}; it takes {sorted(allowed)}")
     return getattr(torchvision.models, arch)(weights=None, **config)
 
 
@@ -562,9 +606,10 @@ def from_torch(
 
     ``src`` is a ``torch.nn.Module`` (arch, source and config are read off it), a state_dict, or a path to
     a ``.safetensors``/``.pth``/``.pt``/``.bin`` file. For a state_dict or file, name the ``source``
-    (``'torch_ref'``, ``'timm'``, ``'torchvision'``), the ``arch`` (``'dsconv'``/``'mobilenet_v1'`` for
-    torch_ref, a timm model name such as ``'mobilenetv3_large_100'``, or a torchvision builder name) and any
-    non-default constructor arguments of that torch model (``width_mult=0.75``, ``num_classes=10``...).
+    (``'torch_ref'``, ``'timm'``, ``'torchvision'``), the ``arch`` (``'dsconv'``, ``'depthwise_separable'`` or
+    ``'mobilenet_v1'`` for torch_ref, a timm model name such as ``'mobilenetv3_large_100'``, or a torchvision
+    builder name) and any non-default constructor arguments of that torch model (``width_mult=0.75``,
+    ``num_classes=10``...).
 
     Raises :class:`ConversionError` listing every missing, unexpected and mis-shaped key.
 
@@ -596,40 +641,167 @@ def from_torch(
     return described.module, traverse_util.unflatten_dict(flat)
 
 
-def _name_map_for(module: nn.Module, source: str, arch: str | None) -> NameMap:
-    if source not in SOURCES:
-        raise ConversionError(f"source must be one of {SOURCES}, got {source!r}")
+# What a module computes beyond its weights' shapes, compared field by field when exporting. Left out: dropout,
+# BatchNorm momentum and running-variance rule, dtype, the depthwise implementation and axis_name — training
+# or execution choices that the torch model makes for itself, which do not change its eval-mode outputs.
+_NOT_COMPARED = "dropout, BatchNorm momentum and running-variance rule, dtype, depthwise implementation, axis_name"
+
+
+def _computation(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, MobileNet):
-        if source == "torchvision":
-            return _torchvision_names(module.config)
-        return _dotted
-    if isinstance(module, DepthwiseSeparableConv) and source == "torch_ref":
-        seed = arch == "dsconv" or (arch is None and module.use_bias and module.pointwise_padding == 1)
-        return _seed if seed else _dotted
-    raise ConversionError(f"no {source} layout for {type(module).__name__}")
+        c = module.config
+        fields = {
+            f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in ("stages", "dropout", "norm")
+        }
+        blocks = [b for stage in c.stages for b in stage]
+        fields["number of blocks"] = len(blocks)
+        fields.update({f"block {i}": b for i, b in enumerate(blocks)})
+        fields["BatchNorm epsilon"] = c.norm.epsilon
+        return fields
+    if isinstance(module, DepthwiseSeparableConv):
+        skip = ("parent", "name", "norm", "axis_name", "dtype", "depthwise")
+        fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in skip}
+        return {**fields, "BatchNorm epsilon": module.norm.epsilon}
+    raise ConversionError(
+        f"no torch counterpart for {type(module).__name__}; expected a MobileNet or DepthwiseSeparableConv"
+    )
+
+
+def _target_for(module: nn.Module, variables: Variables, source: str | None, arch: str | None,
+                config: dict[str, Any]) -> Any:  # fmt: skip
+    """The torch model to export to, built from ``source``/``arch``/``config`` with defaults read off ``module``."""
+    if source not in SOURCES:
+        raise ConversionError(f"to_torch_state_dict needs model= (a torch module) or source= one of {SOURCES}, "
+                              f"got source={source!r}")  # fmt: skip
+    if isinstance(module, DepthwiseSeparableConv):
+        if source != "torch_ref":
+            raise ConversionError(f"{source} has no DepthwiseSeparableConv layout; use source='torch_ref'")
+        channels = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+        if channels is None:
+            raise ConversionError("exporting a DepthwiseSeparableConv needs its params (conv_dw/kernel)")
+        if arch is None:
+            arch = "dsconv" if module.use_bias and module.pointwise_padding == 1 else "depthwise_separable"
+        base: dict[str, Any] = dict(in_channels=channels.shape[-1], out_channels=module.features,
+                                    kernel_size=module.kernel_size, stride=module.strides)  # fmt: skip
+        if arch == "dsconv":
+            base["padding"] = module.padding
+        else:
+            base.update(act=module.act, bn_eps=module.norm.epsilon, bn_momentum=1.0 - module.norm.momentum)
+    elif isinstance(module, MobileNet):
+        c = module.config
+        blocks = [b for stage in c.stages for b in stage]
+        base = {"num_classes": c.num_classes}
+        if source == "torch_ref":
+            arch = arch or "mobilenet_v1"
+            base.update(width_multiplier=blocks[-1].out_channels / 1024, act=c.stem_act, dropout=c.dropout,
+                        separable=blocks[0].kind == "ds", in_channels=c.in_channels, bn_eps=c.norm.epsilon,
+                        bn_momentum=1.0 - c.norm.momentum)  # fmt: skip
+        elif source == "timm":
+            if arch is None:
+                raise ConversionError("a timm export needs arch= (the timm model name, e.g. 'mobilenetv3_large_100') "
+                                      "or model= (the timm model to load into)")  # fmt: skip
+            base["in_chans"] = c.in_channels
+        else:
+            if arch is None:  # torchvision's V3 small has 11 bottlenecks and a conv, large 15 and a conv
+                v3 = "mobilenet_v3_large" if len(blocks) > 12 else "mobilenet_v3_small"
+                arch = "mobilenet_v2" if c.head == "pre_pool" else v3
+            last = {"mobilenet_v2": 320, "mobilenet_v3_large": 160, "mobilenet_v3_small": 96}.get(arch)
+            if last:
+                last //= 2 if config.get("reduced_tail") else 1
+                base["width_mult"] = blocks[-2 if arch != "mobilenet_v2" else -1].out_channels / last
+            if arch != "mobilenet_v2":
+                base["dilated"] = any(b.dilation > 1 for b in blocks)
+    else:
+        _computation(module)  # raises for anything else
+    try:
+        return _skeleton(arch, source, {}, {**base, **config})
+    except ConversionError:
+        raise
+    except Exception as e:  # a constructor rejecting an argument the module implies
+        raise ConversionError(
+            f"cannot build the {source} {arch} this module exports to, from arguments "
+            f"{ {**base, **config} }: {e}; pass model= (the torch module to load into)"
+        ) from e
+
+
+def _check_same_computation(module: nn.Module, target: nn.Module, what: str) -> None:
+    ours, theirs = _computation(module), _computation(target)
+    diffs = [
+        f"  {k}: Flax {ours.get(k)!r}, torch {theirs.get(k)!r}"
+        for k in {**ours, **theirs}
+        if ours.get(k) != theirs.get(k)
+    ]
+    if diffs:
+        raise ConversionError(
+            f"the Flax module does not compute what {what} computes ({len(diffs)} differences; not compared: "
+            f"{_NOT_COMPARED}):\n"
+            + "\n".join(diffs[:12])
+            + ("\n  ..." if len(diffs) > 12 else "")
+            + "\nPass model= (the torch module to load into), or the torch constructor's arguments as keywords."
+        )
 
 
 def to_torch_state_dict(
-    module: nn.Module, variables: Variables, *, source: str, arch: str | None = None
+    module: nn.Module,
+    variables: Variables,
+    *,
+    model: Any = None,
+    source: str | None = None,
+    arch: str | None = None,
+    **config: Any,
 ) -> dict[str, torch.Tensor]:
-    """Export Flax variables as a state_dict that the matching torch model loads with ``strict=True``.
+    """Export Flax variables as a state_dict that the torch model loads with ``strict=True`` and that
+    reproduces the Flax module's eval-mode outputs there.
 
-    ``source`` picks the torch layout (``'torch_ref'``, ``'timm'``, ``'torchvision'``). For a
-    :class:`DepthwiseSeparableConv`, ``arch='dsconv'`` selects the seed's ``DSConv`` keys (the default when
-    the block is :func:`seed_dsconv`-shaped). BatchNorms get ``num_batches_tracked = 0``. Tensors are float32
-    (float64 arrays stay float64).
+    The torch target is ``model`` (the module to load into), or, as for :func:`from_torch`'s state_dict path,
+    ``source`` (``'torch_ref'``, ``'timm'``, ``'torchvision'``), ``arch`` and the torch constructor's
+    arguments as keywords. Defaults are read off ``module``: torchvision's arch, ``width_mult`` and
+    ``dilated``; torch_ref's arch (``'dsconv'`` for a :func:`seed_dsconv`-shaped block) and arguments; every
+    ``num_classes``. timm needs ``arch`` (or ``model``).
+
+    Checked before anything is returned: the target computes what ``module`` computes (activations, strides,
+    dilation, padding, BatchNorm epsilon, blocks; not dropout, BatchNorm momentum, dtype, implementation), and
+    its state_dict has exactly the exported keys and shapes. ``variables`` may hold ``'params'``,
+    ``'batch_stats'`` or both (``{'params': grads}`` exports gradients). BatchNorms get
+    ``num_batches_tracked = 0``. Tensors are contiguous float32 (float64 arrays stay float64).
+
+    Raises :class:`ConversionError` naming what differs.
     """
     import torch
 
-    name_map = _name_map_for(module, source, arch)
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-    entries = _plan(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables), name_map)
+    if not variables:
+        raise ConversionError("variables hold neither 'params' nor 'batch_stats'")
+    if model is not None:
+        if config or arch is not None:
+            raise TypeError("with model=, arch and the constructor arguments are read off the torch module")
+        target = model
+    else:
+        target = _target_for(module, variables, source, arch, config)
+    described = _describe(target)
+    if source is not None and source != described.source:
+        raise ConversionError(f"source={source!r} but model= is a {described.source} model")
+    what = f"the {described.source} {described.arch}"
+    _check_same_computation(module, described.module, what)
+    abstract = _abstract_variables(described.module, described.in_channels)
+    for collection, tree in variables.items():
+        expected = {k: v.shape for k, v in traverse_util.flatten_dict(abstract.get(collection, {})).items()}
+        given = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(tree).items()}
+        if expected != given:
+            bad = sorted("/".join(k) for k in expected.keys() ^ given.keys())
+            bad += sorted(f"{'/'.join(k)} {given[k]} (expected {expected[k]})"
+                          for k in expected.keys() & given.keys() if given[k] != expected[k])  # fmt: skip
+            raise ConversionError(f"{collection} do not fit {what}: " + ", ".join(bad[:20]))
+    entries = _plan(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables), described.name_map)
+    kept = tuple(_LEAF_NAMES[(c, leaf)] for c, leaf in _LEAF_NAMES if c in variables)
+    target_keys = {k: v for k, v in target.state_dict().items() if k.rsplit(".", 1)[-1] in kept}
+    _check_keys(entries, target_keys, what)
     flat = traverse_util.flatten_dict(variables)
     out: dict[str, torch.Tensor] = {}
     for e in entries:
         value = flat[e.flax_key]  # float64 (x64) stays float64; every other float type becomes float32
         arr = np.asarray(value, dtype=np.float64 if value.dtype == np.float64 else np.float32)
-        out[e.torch_key] = torch.from_numpy(np.array(_TO_TORCH[e.layout](arr), copy=True))
+        out[e.torch_key] = torch.from_numpy(np.array(_TO_TORCH[e.layout](arr), order="C", copy=True))
         if e.torch_key.endswith(".running_var"):
             out[e.torch_key[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     return out

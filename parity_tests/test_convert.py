@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torchvision
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 import torch_ref
 from flax_dsconv import (
     ConversionError,
+    DepthwiseSeparableConv,
     from_torch,
     mobilenet_v1,
     mobilenet_v2,
@@ -51,12 +53,13 @@ def test_round_trip_torch_flax_torch_is_bit_exact(name):
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2)
     module, variables = from_torch(model)
-    exported = to_torch_state_dict(module, variables, source=source)
+    exported = to_torch_state_dict(module, variables, model=model, source=source)
     original = state_without_counters(model)
     assert {k for k in exported if not k.endswith("num_batches_tracked")} == set(original)
     for key, value in original.items():
         assert torch.equal(exported[key], value), key
     build().load_state_dict(exported, strict=True)
+    safetensors.torch.save(exported)  # refuses non-contiguous tensors
 
 
 @pytest.mark.parametrize(
@@ -281,3 +284,126 @@ def test_converted_seed_block_applies_to_nhwc():
     module, variables = from_torch(block)
     x = torch.randn(1, 32, 64, 64)
     assert_close(jax.jit(module.apply)(variables, to_nhwc(x)), block(x))
+
+
+# ------------------------------------------------------------------------------ export checks
+
+
+def _with(module, **changes):
+    return module.clone(config=dataclasses.replace(module.config, **changes))
+
+
+@pytest.mark.parametrize(
+    "build,target,match",
+    [  # each pair has the same keys and shapes; only what the module computes differs
+        (lambda: _with(mobilenet_v3_small(), padding="SAME"), dict(source="torchvision"), r"padding: Flax 'SAME'"),
+        (
+            lambda: _with(
+                mobilenet_v3_small(), norm=dataclasses.replace(mobilenet_v3_small().config.norm, epsilon=1e-5)
+            ),
+            dict(source="torchvision"),
+            r"BatchNorm epsilon: Flax 1e-05, torch 0\.001",
+        ),
+        (lambda: mobilenet_v1(0.25, act="relu6"), dict(model=torch_ref.MobileNetV1(0.25)), r"stem_act: Flax 'relu6'"),
+        (lambda: mobilenet_v1(0.25), dict(source="torchvision"), r"head: Flax 'none', torch 'post_pool'"),
+    ],
+)
+def test_export_refuses_a_module_that_the_torch_target_does_not_compute(build, target, match):
+    module = build()
+    variables = module.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    with pytest.raises(ConversionError, match=match):
+        to_torch_state_dict(module, variables, **target)
+
+
+def test_export_refuses_a_block_torch_ref_cannot_express():
+    block = DepthwiseSeparableConv(8, dilation=2)
+    variables = block.init(jax.random.key(0), jnp.ones((1, 16, 16, 4)))
+    with pytest.raises(ConversionError, match=r"dilation: Flax 2, torch 1"):
+        to_torch_state_dict(block, variables, source="torch_ref")
+    plain = DepthwiseSeparableConv(8, act="relu6")
+    torch_ref.DepthwiseSeparableConv(4, 8, act="relu6").load_state_dict(
+        to_torch_state_dict(plain, plain.init(jax.random.key(0), jnp.ones((1, 16, 16, 4))), source="torch_ref")
+    )
+
+
+def test_export_checks_the_variables_against_the_module_and_names_the_target():
+    module = mobilenet_v1(0.25, num_classes=4)
+    variables = module.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    with pytest.raises(
+        ConversionError, match=r"params do not fit the torch_ref mobilenet_v1: .*\(8,\) \(expected \(16,\)\)"
+    ):
+        to_torch_state_dict(mobilenet_v1(0.5, num_classes=4), variables, source="torch_ref")
+    with pytest.raises(ConversionError, match="timm export needs arch="):
+        to_torch_state_dict(module, variables, source="timm")
+    with pytest.raises(ConversionError, match="neither 'params' nor 'batch_stats'"):
+        to_torch_state_dict(module, {"cache": {}}, source="torch_ref")
+    grads = to_torch_state_dict(module, {"params": variables["params"]}, source="torch_ref")
+    assert not any(k.endswith(("running_mean", "running_var")) for k in grads)
+    assert set(grads) == {
+        k for k in torch_ref.MobileNetV1(0.25, 4).state_dict() if "running" not in k and "num_b" not in k
+    }
+
+
+def test_export_builds_timm_and_torchvision_targets_from_arch_and_arguments():
+    model = tv.mobilenet_v3_small(reduced_tail=True)
+    module, variables = from_torch(model)
+    with pytest.raises(ConversionError, match=r"stem_channels: Flax 16, torch 8"):
+        to_torch_state_dict(module, variables, source="torchvision")  # reduced_tail is not read off the module
+    tv.mobilenet_v3_small(reduced_tail=True).load_state_dict(
+        to_torch_state_dict(module, variables, source="torchvision", reduced_tail=True), strict=True
+    )
+    tf_model = timm.create_model("tf_mobilenetv3_small_minimal_100")
+    module, variables = from_torch(tf_model)
+    exported = to_torch_state_dict(module, variables, source="timm", arch="tf_mobilenetv3_small_minimal_100")
+    timm.create_model("tf_mobilenetv3_small_minimal_100").load_state_dict(exported, strict=True)
+
+
+# ------------------------------------------------------------------------------ inputs that are not plain weights
+
+
+def test_bfloat16_safetensors_file_converts_like_the_bfloat16_state_dict(tmp_path):
+    sd = {k: v.bfloat16() if v.is_floating_point() else v for k, v in torch_ref.DSConv(4, 8).state_dict().items()}
+    save_file(sd, tmp_path / "m.safetensors")
+    _, from_file = from_torch(tmp_path / "m.safetensors", arch="dsconv", source="torch_ref")
+    _, from_memory = from_torch(sd, arch="dsconv", source="torch_ref")
+    chex.assert_trees_all_equal(from_file, from_memory)
+    assert {leaf.dtype for leaf in jax.tree.leaves(from_file)} == {jnp.dtype("float32")}
+
+
+def test_float8_weights_convert_and_meta_tensors_and_non_tensors_are_named():
+    sd = torch_ref.DSConv(4, 8).state_dict()
+    sd["depthwise_sep_conv.0.weight"] = sd["depthwise_sep_conv.0.weight"].to(torch.float8_e4m3fn)
+    _, variables = from_torch(sd, arch="dsconv", source="torch_ref")
+    np.testing.assert_array_equal(
+        np.asarray(variables["params"]["conv_dw"]["kernel"]),
+        sd["depthwise_sep_conv.0.weight"].float().numpy().transpose(2, 3, 1, 0),
+    )
+    with pytest.raises(ConversionError, match=r"depthwise_sep_conv\.\d\.\w+: a meta tensor holds no data"):
+        from_torch(torch_ref.DSConv(4, 8).to("meta"))
+    sd = torch_ref.DSConv(4, 8).state_dict()
+    sd["depthwise_sep_conv.1.bias"] = [0.0] * 4
+    with pytest.raises(ConversionError, match=r"must be tensors or arrays; not: depthwise_sep_conv\.1\.bias"):
+        from_torch(sd, arch="dsconv", source="torch_ref")
+
+
+def test_non_zero_padding_modes_are_rejected():
+    model = tv.mobilenet_v3_small()
+    model.features[0][0].padding_mode = "reflect"
+    with pytest.raises(ConversionError, match=r"features\.0: padding_mode='reflect'"):
+        from_torch(model)
+
+
+def test_wrapped_models_and_prefixed_keys_say_how_to_unwrap():
+    model = tv.mobilenet_v3_small()
+    with pytest.raises(ConversionError, match=r"DataParallel wraps the model: pass model\.module"):
+        from_torch(torch.nn.DataParallel(model))
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    with pytest.raises(ConversionError, match=r"(?s)\(198 more\).*prefix 'module\.'") as info:
+        from_torch(sd, arch="mobilenet_v3_small", source="torchvision")
+    assert len(str(info.value)) < 3000
+
+
+def test_torchvision_arguments_are_checked_by_name():
+    sd = tv.mobilenet_v3_small(dilated=True).state_dict()
+    with pytest.raises(ConversionError, match=r"takes no argument \['dilate'\]"):
+        from_torch(sd, arch="mobilenet_v3_small", source="torchvision", dilate=True)
