@@ -12,8 +12,10 @@ from flax_dsconv.layers import (
     Dtype,
     PointwiseConv,
     SqueezeExcite,
+    _where,
     activation,
     add_residual,
+    check_nhwc,
     full_conv,
     pad_for_depthwise,
 )
@@ -86,6 +88,8 @@ class ConvBNAct(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        kernel = self.variables.get("params", {}).get("conv", {}).get("kernel")
+        check_nhwc(x, None if kernel is None else kernel.shape[-2], _where(self))
         shortcut = x
         x = full_conv(
             self.features, self.kernel_size, self.strides, self.padding, self.dilation, dtype=self.dtype, name="conv"

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,13 +50,27 @@ def activation(name: str) -> Callable[[Array], Array]:
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(x) for x in v)
-    if len(t) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
+def _pair(v: int | Sequence[int], name: str = "value") -> tuple[int, int]:
+    """``v`` as a pair of positive ints (kernel sizes, strides, dilations), or a ValueError naming ``name``."""
+    try:
+        t = (operator.index(v),) * 2 if not isinstance(v, Sequence) else tuple(operator.index(x) for x in v)
+    except TypeError:
+        t = ()
+    if len(t) != 2 or isinstance(v, bool) or min(t) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
     return t  # type: ignore[return-value]
+
+
+def _vary_like(x: Array, *arrays: Array) -> tuple[Array, ...]:
+    """Under ``shard_map``, mark ``arrays`` (parameters) as varying over ``x``'s manual axes, as JAX's own ops do
+    implicitly: a custom VJP's per-device gradients then type-check, and autodiff sums them over the devices.
+    Elsewhere (and for arrays already varying) a no-op."""
+    varying = jax.typeof(x).manual_axis_type.varying
+    out = []
+    for a in arrays:
+        missing = tuple(varying - jax.typeof(a).manual_axis_type.varying)
+        out.append(jax.lax.pcast(a, missing, to="varying") if missing else a)
+    return tuple(out)
 
 
 def check_nhwc(x: Array, channels: int | None, where: str) -> None:
@@ -107,6 +122,11 @@ def _stat_dtype(*arrays: Array) -> Any:
     return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
 
 
+def _add_tuples(a: tuple[Array, ...], b: tuple[Array, ...]) -> tuple[Array, ...]:
+    # One function object for every reduce: un-jitted calls hit lax.reduce's compilation cache.
+    return tuple(u + v for u, v in zip(a, b, strict=True))
+
+
 def _channel_sums(*arrays: Array) -> tuple[Array, ...]:
     """Per-channel sums (in :func:`_stat_dtype`) over every axis but the last, of same-shape arrays, one pass.
 
@@ -117,12 +137,7 @@ def _channel_sums(*arrays: Array) -> tuple[Array, ...]:
     dtype = _stat_dtype(*arrays)
     arrays = tuple(a.astype(dtype) for a in arrays)
     if arrays[0].ndim > 2:
-        arrays = jax.lax.reduce(
-            arrays,
-            (jnp.zeros((), dtype),) * len(arrays),
-            lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
-            (arrays[0].ndim - 2,),
-        )
+        arrays = jax.lax.reduce(arrays, (jnp.zeros((), dtype),) * len(arrays), _add_tuples, (arrays[0].ndim - 2,))
     return tuple(jnp.sum(a, axis=tuple(range(a.ndim - 1))) for a in arrays)
 
 
@@ -220,11 +235,13 @@ class BatchNorm(nn.Module):
                 f"BatchNorm in train mode needs more than 1 value per channel, got input shape "
                 f"{tuple(x.shape)} (PyTorch raises here too)"
             )
+        scale, bias = _vary_like(x, scale, bias)
         y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, self.axis_name, jnp.dtype(self.dtype or x.dtype))
-        if not self.is_initializing():
+        if not self.is_initializing():  # the statistics keep their dtype (float32) whatever they were computed in
             update = var * (n / (n - 1)) if self.torch_running_var else var
-            ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * update
+            new_mean = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+            new_var = self.momentum * ra_var.value + (1.0 - self.momentum) * update
+            ra_mean.value, ra_var.value = new_mean.astype(ra_mean.value.dtype), new_var.astype(ra_var.value.dtype)
         return y
 
     @classmethod
@@ -234,16 +251,19 @@ class BatchNorm(nn.Module):
 
 
 def _shifted_taps(x: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
-    """``Σ_ij x[:, i·dh + s·h, j·dw + s·w, c] · kernel[i, j, 0, c]`` over an already padded ``x``."""
+    """``Σ_ij x[:, i·dh + s·h, j·dw + s·w, c] · kernel[i, j, 0, c]`` over an already padded ``x``, summed in at
+    least float32 (bf16 taps summed in bf16 had 1.6-3x XLA's error at k = 3-7) and returned in the inputs' type."""
     kh, kw = kernel.shape[:2]
     out_h = _out_size(x.shape[1], (kh, strides[0], dilation[0], 0, 0))
     out_w = _out_size(x.shape[2], (kw, strides[1], dilation[1], 0, 0))
+    dtype, acc = jnp.result_type(x, kernel), jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
     y = None
     for i in range(kh):
         for j in range(kw):
-            term = _tap(x, i * dilation[0], j * dilation[1], out_h, out_w, strides) * kernel[i, j, 0]
+            tap = _tap(x, i * dilation[0], j * dilation[1], out_h, out_w, strides)
+            term = tap.astype(acc) * kernel[i, j, 0].astype(acc)
             y = term if y is None else y + term
-    return y
+    return y.astype(dtype)
 
 
 def _tap(x: Array, row: int, col: int, out_h: int, out_w: int, strides: tuple[int, int]) -> Array:
@@ -420,6 +440,7 @@ class DepthwiseConv(nn.Module):
     Triton kernels of :mod:`flax_dsconv.pallas_depthwise` on a GPU (depth multiplier 1; other multipliers use
     ``'xla'``; ``precision`` applies to ``'xla'`` only); ``'auto'`` picks ``'shifted'`` on the CPU backend
     and ``'xla'`` elsewhere. Parameters are identical for all of them.
+    ``'shifted'`` and ``'pallas'`` have hand-written VJPs: reverse-mode autodiff only (no ``jax.jvp``).
 
     >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
     >>> y.shape
@@ -444,12 +465,16 @@ class DepthwiseConv(nn.Module):
         bound = _existing_kernel_shape(self)
         check_nhwc(x, None if bound is None else bound[-1] // self.depth_multiplier, _where(self))
         channels = x.shape[-1]
-        kernel_size, dilation = _pair(self.kernel_size), _pair(self.dilation)
+        kernel_size, dilation = _pair(self.kernel_size, "kernel_size"), _pair(self.dilation, "dilation")
+        multiplier = self.depth_multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"depth_multiplier must be a positive int, got {self.depth_multiplier!r}")
         features = channels * self.depth_multiplier
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, 1, features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        strides, padding = _pair(self.strides), resolve_padding(self.padding, kernel_size, dilation)
+        strides, padding = _pair(self.strides, "strides"), resolve_padding(self.padding, kernel_size, dilation)
+        (kernel,) = _vary_like(x, kernel)
         _check_window_fits(x, kernel, strides, padding, dilation, _where(self))
         implementation = resolve_depthwise(self.implementation)
         if implementation == "pallas" and (
@@ -566,9 +591,9 @@ def pad_for_depthwise(
     """
     if resolve_depthwise(implementation) != "shifted":
         return x, padding
-    kernel_size, dilation = _pair(kernel_size), _pair(dilation)
+    kernel_size, dilation = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
     resolved = resolve_padding(padding, kernel_size, dilation)
-    pads = _explicit_pads(x.shape, kernel_size, _pair(strides), resolved, dilation)
+    pads = _explicit_pads(x.shape, kernel_size, _pair(strides, "strides"), resolved, dilation)
     if pads == ((0, 0), (0, 0)):
         return x, padding
     return jnp.pad(x, ((0, 0), *pads, (0, 0))), 0
@@ -631,9 +656,10 @@ class PointwiseConv(nn.Module):
         pads = resolve_padding(self.padding, (1, 1), (1, 1))
         if not isinstance(pads, str) and any(p for pair in pads for p in pair):
             x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-        sh, sw = _pair(self.strides)
+        sh, sw = _pair(self.strides, "strides")
         if (sh, sw) != (1, 1):
             x = x[:, ::sh, ::sw, :]
+        (kernel,) = _vary_like(x, kernel)
         y = (_pointwise if _on_cpu() else _contract_channels)(x, kernel[0, 0], self.precision)
         return y if bias is None else y + bias
 
@@ -654,7 +680,7 @@ def full_conv(
     Padding past the kernel's reach ``(k - 1)·d`` raises: XLA:CPU computes the input gradient of such a conv
     from memory outside its buffer (see :func:`_past_reach`). Pad the input with ``jnp.pad`` instead.
     """
-    kernel, dil = _pair(kernel_size), _pair(dilation)
+    kernel, dil = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
     resolved = resolve_padding(padding, kernel, dil)
     if not isinstance(resolved, str) and any(lo or hi for lo, hi in _past_reach(resolved, kernel, dil)):
         reach = tuple((k - 1) * d for k, d in zip(kernel, dil, strict=True))
@@ -666,7 +692,7 @@ def full_conv(
     return nn.Conv(
         features,
         kernel,
-        strides=_pair(strides),
+        strides=_pair(strides, "strides"),
         padding=resolved,
         kernel_dilation=dil,
         use_bias=use_bias,

@@ -14,6 +14,7 @@ it here:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 PaddingLike = str | int | Sequence[tuple[int, int]]
@@ -36,13 +37,17 @@ def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: 
         if padding.upper() in ("SAME", "VALID"):
             return padding.upper()
         raise ValueError(f"unknown padding mode {padding!r}; expected one of {_MODES}, an int or pairs")
-    if isinstance(padding, int):
+    if isinstance(padding, int) and not isinstance(padding, bool):
         if padding < 0:
             raise ValueError(f"padding must be non-negative, got {padding}")
         return tuple((padding, padding) for _ in kernel_size)
-    pairs = tuple(tuple(int(v) for v in pair) for pair in padding)
-    if len(pairs) != len(kernel_size) or any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"explicit padding must be {len(kernel_size)} (low, high) pairs, got {padding!r}")
+    expected = f"explicit padding must be {len(kernel_size)} (low, high) pairs of non-negative ints, got {padding!r}"
+    try:
+        pairs = tuple(tuple(operator.index(v) for v in pair) for pair in padding)
+    except TypeError:  # not iterable, or a float / non-integer entry
+        raise ValueError(f"padding must be a mode {_MODES}, an int or pairs; {expected}") from None
+    if len(pairs) != len(kernel_size) or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
+        raise ValueError(expected)
     return pairs  # type: ignore[return-value]
 
 

@@ -354,3 +354,75 @@ def test_dense_conv_rejects_padding_past_its_kernels_reach():
         full_conv(8, 3, padding=((3, 0), (0, 0)))
     with pytest.raises(ValueError, match="1x1 kernel's"):
         full_conv(8, 1, padding=1)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: DepthwiseConv(3, dilation=0), "dilation must be a positive int"),
+        (lambda: DepthwiseConv(3, strides=(1, 0)), "strides must be a positive int"),
+        (lambda: DepthwiseConv(0), "kernel_size must be a positive int"),
+        (lambda: DepthwiseConv(3, depth_multiplier=0), "depth_multiplier must be a positive int"),
+        (lambda: DepthwiseConv(3, padding=1.0), "padding must be a mode"),
+        (lambda: DepthwiseConv(3, padding=((-1, -1), (1, 1))), "pairs of non-negative ints"),
+        (lambda: PointwiseConv(4, strides=0), "strides must be a positive int"),
+        (lambda: DepthwiseSeparableConv(4, padding=((-1, -1), (1, 1))), "pairs of non-negative ints"),
+    ],
+)
+@pytest.mark.parametrize("implementation", ["xla", "shifted"])
+def test_invalid_sizes_and_paddings_raise_naming_the_setting(build, match, implementation):
+    module = build()
+    field = "implementation" if isinstance(module, DepthwiseConv) else "depthwise"
+    if hasattr(module, field):
+        module = module.clone(**{field: implementation})
+    with pytest.raises(ValueError, match=match):
+        module.init(jax.random.key(0), jnp.ones((1, 8, 8, 2)))
+
+
+def test_dense_conv_block_checks_its_input_like_the_separable_block():
+    from flax_dsconv import ConvBNAct
+
+    block = ConvBNAct(4, 3)
+    variables = block.init(jax.random.key(0), jnp.ones((2, 16, 16, 8)))
+    with pytest.raises(ValueError, match=r"expected NHWC input with 8 channels.*NCHW\?"):
+        block.apply(variables, jnp.ones((2, 8, 16, 16)))
+    with pytest.raises(ValueError, match="4-D NHWC"):
+        block.apply(variables, jnp.ones((16, 16, 8)))
+    with pytest.raises(TypeError, match="floating-point"):
+        block.apply(variables, jnp.ones((2, 16, 16, 8), jnp.int32))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+def test_shifted_bfloat16_forward_rounds_like_xla(kernel_size):
+    # The taps are summed in float32 and rounded once, as XLA's conv does: same error against an fp32 reference.
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 32))
+    reference = DepthwiseConv(kernel_size, implementation="xla", precision="highest")
+    variables = reference.init(jax.random.key(1), x)
+    expected = reference.apply(variables, x)
+    errors = {}
+    for implementation in ("xla", "shifted"):
+        y = DepthwiseConv(kernel_size, implementation=implementation, dtype=jnp.bfloat16).apply(variables, x)
+        assert y.dtype == jnp.bfloat16
+        errors[implementation] = float(jnp.linalg.norm(y.astype(jnp.float32) - expected) / jnp.linalg.norm(expected))
+    assert 0 < errors["shifted"] <= 1.1 * errors["xla"], errors
+
+
+def test_eager_train_mode_batchnorm_compiles_only_on_its_first_call(caplog):
+    bn, x = BatchNorm(use_running_average=False), jnp.ones((4, 5, 5, 3))
+    variables = bn.init(jax.random.key(0), x)
+    apply = lambda: bn.apply(variables, x, mutable=["batch_stats"])  # noqa: E731
+    apply()
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        apply()
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()], caplog.text
+
+
+def test_running_statistics_keep_float32_under_x64_with_float64_input():
+    with jax.enable_x64(True):
+        bn, x = BatchNorm(use_running_average=False), jax.random.normal(jax.random.key(0), (4, 5, 5, 3), jnp.float64)
+        variables = bn.init(jax.random.key(0), x)
+        y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+        assert y.dtype == jnp.float64
+        assert {a.dtype for a in jax.tree.leaves(updates)} == {
+            a.dtype for a in jax.tree.leaves(variables["batch_stats"])
+        }
