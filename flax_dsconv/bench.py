@@ -335,6 +335,7 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
                 try:
                     median, first = _time(fn, sync, settings.repeats)
                 except Exception as e:  # a torch.compile toolchain failure must not hide the other rows
+                    log(f"{w.name}: {framework} failed: {e!r}")
                     results.append(Result(w.name, framework, w.batch, float("nan"), float("nan"), 0.0, error=repr(e)))
                     continue
                 gbps = w.bytes_per_call / median / 1e9 if w.bytes_per_call else None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -54,9 +56,29 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _literal(value: str) -> Any:
+    """A ``--config`` value: JSON or a Python literal (``0.75``, ``true``/``True``, ``null``/``None``), else the
+    string itself (``hard_swish``)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
 def _convert(args: argparse.Namespace) -> int:
     from flax_dsconv.checkpoint import save
-    from flax_dsconv.convert import from_torch
+    from flax_dsconv.convert import ConversionError, from_torch
 
     config = {}
     for item in args.config:
@@ -64,11 +86,12 @@ def _convert(args: argparse.Namespace) -> int:
         if not sep:
             print(f"--config takes KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key] = value
-    module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
+        config[key] = _literal(value)
+    try:
+        module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
+    except (ConversionError, OSError, TypeError, ValueError) as e:  # bad file, arch, config: a message, not a trace
+        print(f"flax-dsconv convert: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
     print(f"wrote {out}/config.json and {out}/variables.msgpack ({args.source} {args.arch})")
     return 0
@@ -77,9 +100,13 @@ def _convert(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from flax_dsconv.digits import train_digits
 
-    history = train_digits(
-        args.out, arch=args.arch, width=args.width, epochs=args.epochs, limit=args.limit, progress=not args.quiet
-    )
+    try:
+        history = train_digits(
+            args.out, arch=args.arch, width=args.width, epochs=args.epochs, limit=args.limit, progress=not args.quiet
+        )
+    except ValueError as e:  # settings that cannot train, or that do not fit the run being resumed
+        print(f"flax-dsconv train: {e}", file=sys.stderr)
+        return 2
     print(f"final test accuracy {history[-1]['test_accuracy']:.4f}; curves in {args.out}/curves.png")
     return 0
 
@@ -145,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--out", default="runs/digits", help="checkpoints, history.json and curves.png go here")
     t.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
     t.add_argument("--width", type=float, default=0.5)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--limit", type=int, default=None, help="train on the first N images only (quick runs)")
+    t.add_argument("--epochs", type=_positive, default=30)
+    t.add_argument("--limit", type=_positive, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=_train)
 
@@ -162,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--infer-batch", type=int, help="default: 16 on CPU, 1024 on GPU")
     b.add_argument("--resolution", type=int, help="image height and width (default 224)")
     b.add_argument("--layer-shape", type=int, nargs=4, metavar=("N", "H", "W", "C"), help="layer rows' input")
-    b.add_argument("--repeats", type=int, help="timed calls per row after one warm-up (median reported)")
+    b.add_argument("--repeats", type=_positive, help="timed calls per row after one warm-up (median reported)")
     b.add_argument("--peak-gbps", type=float, help="memory bandwidth for the GB/s column (default: from device name)")
     b.add_argument("--json", action="store_true", help="print machine-readable results")
     b.set_defaults(func=_bench)

@@ -8,6 +8,7 @@ step, so a resumed run ends with the same parameters as an uninterrupted one), a
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def load_digits_data(size: int = 32, seed: int = 0) -> tuple[np.ndarray, ...]:
     return x_train, y_train, x_test, y_test
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="max_shift")
 def random_shift(key: jax.Array, images: jax.Array, max_shift: int = 3) -> jax.Array:
     """Translate each image by up to ``max_shift`` pixels (edge-padded): the augmentation digits need."""
     n, h, w, _ = images.shape
@@ -87,7 +88,8 @@ def train_digits(
 ) -> list[dict[str, float]]:
     """Train (or resume training) in ``out_dir``; returns the per-epoch history.
 
-    ``out_dir`` receives ``checkpoints/`` (orbax, one step per epoch), ``history.json`` and ``curves.png``.
+    ``out_dir`` receives ``checkpoints/`` (orbax, one step per epoch), ``run.json`` (the settings; a resume
+    with other settings is refused), ``history.json`` and ``curves.png``.
     ``limit`` trains on the first ``limit`` training images (for quick runs).
     """
     from tqdm import tqdm
@@ -97,6 +99,11 @@ def train_digits(
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
     steps_per_epoch = len(x_train) // batch_size
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(f"need epochs >= 1 and at least one batch of {batch_size} images; "
+                         f"got epochs={epochs}, {len(x_train)} training images (limit={limit})")  # fmt: skip
+    run = dict(arch=arch, width=width, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+               weight_decay=weight_decay, limit=limit, seed=seed)  # fmt: skip
     model = BUILDERS[arch](width, num_classes=10, in_channels=1, dropout=0.2)
     schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
     tx = optax.adamw(schedule, weight_decay=weight_decay)
@@ -110,7 +117,13 @@ def train_digits(
     )
     history: list[dict[str, float]] = []
     start = 0
+    run_file = out_dir / "run.json"
     if manager.latest_step() is not None:
+        saved = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in run.items() if saved.get(k) != v]
+        if changed:  # the checkpoint would not fit, or its schedule would silently change
+            raise ValueError(f"{out_dir} holds a run with other settings ({'; '.join(changed)}); "
+                             "resume with the same settings or use another --out")  # fmt: skip
         start = manager.latest_step()
         restored = manager.restore(
             start, args=ocp.args.Composite(state=ocp.args.StandardRestore(state), history=ocp.args.JsonRestore())
@@ -119,6 +132,7 @@ def train_digits(
         if progress:
             print(f"resuming from the checkpoint after epoch {start}")
 
+    run_file.write_text(json.dumps(run, indent=1) + "\n")
     step = jit_train_step()
     evaluate = jax.jit(eval_step)
     for epoch in range(start, epochs):

@@ -20,14 +20,16 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import numpy as np
 import optax
 
 __all__ = ["adamw", "rmsprop", "sgd"]
 
 
 def _check_nonnegative(**settings: float) -> None:
-    for name, value in settings.items():
-        if not isinstance(value, (int, float)) or value < 0:
+    for name, value in settings.items():  # Python, numpy and 0-d jax numbers; not bools or arrays
+        real = not isinstance(value, bool) and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iuf"
+        if not real or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
 

@@ -34,6 +34,9 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(module: nn.Module, variables: Any, tx: optax.GradientTransformation) -> TrainState:
+    """A state holding *copies* of ``variables``: the jitted steps donate their input state, which would
+    otherwise delete the caller's arrays after the first step."""
+    variables = jax.tree.map(jnp.copy, {k: variables[k] for k in ("params", "batch_stats") if k in variables})
     return TrainState.create(
         apply_fn=module.apply, params=variables["params"], batch_stats=variables.get("batch_stats"), tx=tx
     )
@@ -82,10 +85,11 @@ def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
     Each host passes its own slice of the global batch; the leading size must divide evenly.
     """
     sharding = NamedSharding(mesh, P("data"))
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)  # this host's devices
     out = []
     for a in arrays:
-        if a.shape[0] % mesh.shape["data"]:
-            raise ValueError(f"batch of {a.shape[0]} does not split over {mesh.shape['data']} devices")
+        if a.shape[0] % local:
+            raise ValueError(f"this host's batch of {a.shape[0]} does not split over its {local} devices of the mesh")
         out.append(jax.make_array_from_process_local_data(sharding, np.asarray(a)))
     return tuple(out)
 

@@ -119,3 +119,55 @@ def test_bench_table_names_ratios_and_rejects_unknown_models(capsys):
     assert "depthwise 'shifted'" in out
     with pytest.raises(SystemExit):
         cli.main(["bench", "--models", "resnet50"])
+
+
+def test_convert_reads_python_literals_and_checks_argument_names(tmp_path, capsys):
+    model = torchvision.models.mobilenet_v3_small(num_classes=7)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    base = ["convert", str(tmp_path / "m.pth"), "--arch", "mobilenet_v3_small", "--source", "torchvision", "--config"]
+    # 'False' is Python's spelling: read as False, not as the (truthy) string "False"
+    assert cli.main([*base, "num_classes=7", "dilated=False", "--out", str(tmp_path / "a")]) == 0
+    module, _ = flax_dsconv.load(tmp_path / "a")
+    assert {b.dilation for stage in module.config.stages for b in stage} == {1}
+    assert module == flax_dsconv.from_torch(model)[0]
+    assert cli.main([*base, "num_classes=7", "dilate=True", "--out", str(tmp_path / "b")]) == 2
+    assert "takes no argument ['dilate']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["missing.pth", "--arch", "mobilenet_v2", "--source", "torchvision"], "no checkpoint at missing.pth"),
+        (["{pth}", "--arch", "resnet50", "--source", "torchvision"], "torchvision arch must be one of"),
+        (["{pth}", "--arch", "mobilenet_v3_small", "--source", "torchvision", "--config", "num_classes=ten"], "Error"),
+    ],
+)
+def test_convert_reports_bad_input_in_one_line_and_exits_2(tmp_path, capsys, argv, match):
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "m.pth")
+    argv = [a.format(pth=tmp_path / "m.pth") for a in argv]
+    assert cli.main(["convert", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_keeps_dtype_and_implementation_and_refuses_metadata_that_would_overwrite_them(tmp_path):
+    model = flax_dsconv.mobilenet_v1(0.25, num_classes=4, dtype=jax.numpy.bfloat16).clone(depthwise="xla")
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
+    flax_dsconv.save(tmp_path / "m", model, variables, note="kept")
+    loaded, _ = flax_dsconv.load(tmp_path / "m")
+    assert jax.numpy.dtype(loaded.dtype) == jax.numpy.bfloat16
+    assert loaded.clone(dtype=None) == model.clone(dtype=None)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["note"] == "kept"
+    with pytest.raises(ValueError, match=r"metadata keys \['config'\] would overwrite"):
+        flax_dsconv.save(tmp_path / "n", model, variables, config={"note": "x"})
+    assert not (tmp_path / "n").exists()
+
+
+def test_train_rejects_settings_that_cannot_train(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path), "--quiet", "--limit", "10"]) == 2
+    assert "at least one batch of 64 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--out", str(tmp_path), "--quiet", "--epochs", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -307,3 +307,24 @@ def test_unmatched_settings_raise_naming_them():
     with pytest.raises(ValueError, match="nesterov"):
         optim.sgd(0.1, nesterov=True)
     optim.sgd(0.1, dampening=0.5)  # without momentum torch ignores dampening, and so can we
+
+
+def test_train_state_owns_its_arrays_so_donating_steps_leave_the_callers_variables_usable():
+    from flax_dsconv import mobilenet_v1
+    from flax_dsconv.train import create_train_state, jit_train_step
+
+    model = mobilenet_v1(0.25, num_classes=4)
+    x, y = jnp.ones((2, 32, 32, 3)), jnp.array([0, 1])
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    state = create_train_state(model, variables, optim.sgd(0.1, momentum=np.float32(0.9)))
+    jit_train_step()(state, x, y, jax.random.key(1))  # donates `state`
+    jax.block_until_ready(model.apply(variables, x))  # `variables` are not deleted
+
+
+def test_random_shift_takes_its_shift_as_a_setting():
+    from flax_dsconv.digits import random_shift
+
+    images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    np.testing.assert_array_equal(random_shift(jax.random.key(1), images, max_shift=0), images)
+    shifted = random_shift(jax.random.key(1), images, max_shift=2)
+    assert shifted.shape == images.shape and not np.array_equal(shifted, images)
