@@ -322,8 +322,8 @@ class _TorchReader:
 
     def conv(self, conv: Any, where: str) -> dict[str, Any]:
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
-        if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
-            raise ConversionError(f"{where}: non-square kernels/strides are not supported: {conv}")
+        if len({*conv.kernel_size}) > 1 or len({*conv.stride}) > 1 or len({*conv.dilation}) > 1:
+            raise ConversionError(f"{where}: non-square kernels/strides/dilations are not supported: {conv}")
         if getattr(conv, "padding_mode", "zeros") != "zeros":
             raise ConversionError(f"{where}: padding_mode={conv.padding_mode!r}; only zero padding is supported")
         if type(conv).__name__ == "Conv2dSame" or conv.padding == "same":
@@ -361,6 +361,8 @@ def _timm_config(model: Any) -> MobileNetConfig:
         for i, blk in enumerate(stage):
             where = f"blocks.{s}.{i}"
             name = type(blk).__name__
+            if type(getattr(blk, "aa", None)).__name__ not in ("NoneType", "Identity"):
+                raise ConversionError(f"{where}: anti-aliased downsampling ({type(blk.aa).__name__}) is not supported")
             se: dict[str, Any] = {}
             if getattr(blk, "se", None) is not None and type(blk.se).__name__ != "Identity":
                 se = dict(se_channels=blk.se.conv_reduce.out_channels, se_act=_act_name(blk.se.act1, where + ".se"),
@@ -378,6 +380,10 @@ def _timm_config(model: Any) -> MobileNetConfig:
                 for bn in (blk.bn1, blk.bn2, blk.bn3):
                     r.bn(bn, where)
                 act = _act_name(blk.bn1.act, where)
+                if (_act_name(blk.bn2.act, where), _act_name(blk.bn3.act, where)) != (act, "identity"):
+                    raise ConversionError(f"{where}: activations {blk.bn1.act}, {blk.bn2.act}, {blk.bn3.act}; "
+                                          f"expected {act} after the expansion and depthwise convs, none after the "
+                                          "projection")  # fmt: skip
                 block = BlockConfig("ir", pwl["out"], dw["k"], dw["s"], dw["d"], pw["out"], act=act, skip=blk.has_skip,
                                     **se)  # fmt: skip
             elif name == "ConvBnAct":
@@ -498,6 +504,20 @@ def _group_stages(blocks: list[BlockConfig]) -> tuple[tuple[BlockConfig, ...], .
 # ------------------------------------------------------------------------------------------ identify
 
 
+def _check_torch_ref(model: Any, cfg: dict[str, Any]) -> None:
+    """A torch_ref model converts from its constructor ``config``: refuse one whose layers were changed since."""
+    eps, momentum, act = cfg.get("bn_eps", 1e-5), cfg.get("bn_momentum", 0.1), cfg.get("act", "relu")
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if kind == "BatchNorm2d" and (m.eps, m.momentum) != (eps, momentum):
+            raise ConversionError(f"{name}: BatchNorm eps={m.eps}, momentum={m.momentum}, but the model's config "
+                                  f"says {eps}, {momentum} (torch_ref models convert from their config)")  # fmt: skip
+        if kind in _ACT_CLASSES and _ACT_CLASSES[kind] != act:
+            raise ConversionError(f"{name}: activation {kind}, but the model's config says {act!r}")
+        if kind == "Conv2d" and m.padding_mode != "zeros":
+            raise ConversionError(f"{name}: padding_mode={m.padding_mode!r}; only zero padding is supported")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Described:
     arch: str
@@ -517,6 +537,7 @@ def _describe(model: Any) -> _Described:
             raise ConversionError(f"{cls.__name__} wraps the model: pass model.{wrapped[cls.__name__]}")
     if origin == "torch_ref":
         cfg = model.config
+        _check_torch_ref(model, cfg)
         if cls.__name__ == "DSConv":
             flax = seed_dsconv(cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"])
             return _Described("dsconv", "torch_ref", flax, cfg["in_channels"], _seed)

@@ -407,3 +407,42 @@ def test_torchvision_arguments_are_checked_by_name():
     sd = tv.mobilenet_v3_small(dilated=True).state_dict()
     with pytest.raises(ConversionError, match=r"takes no argument \['dilate'\]"):
         from_torch(sd, arch="mobilenet_v3_small", source="torchvision", dilate=True)
+
+
+def _timm_bn3_relu():
+    model = timm.create_model("mobilenetv2_100")
+    model.blocks[1][0].bn3.act = torch.nn.ReLU()
+    return model
+
+
+def _torch_ref_eps_changed():
+    model = torch_ref.MobileNetV1(0.25)
+    model.blocks[0][0].bn1.eps = 1e-3
+    return model
+
+
+def _torch_ref_act_replaced():
+    model = torch_ref.DepthwiseSeparableConv(4, 8, act="hard_swish")
+    model.act = torch.nn.ReLU()
+    return model
+
+
+def _non_square_dilation():
+    model = tv.mobilenet_v3_small(dilated=True)
+    conv = model.features[9].block[1][0]
+    conv.dilation, conv.padding = (2, 1), (4, 2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (_timm_bn3_relu, r"blocks\.1\.0: activations ReLU6.*ReLU\(\); expected relu6"),
+        (_torch_ref_eps_changed, r"blocks\.0\.0\.bn1: BatchNorm eps=0\.001.*config says 1e-05"),
+        (_torch_ref_act_replaced, r"act: activation ReLU, but the model's config says 'hard_swish'"),
+        (_non_square_dilation, r"features\.9: non-square kernels/strides/dilations"),
+    ],
+)
+def test_layers_changed_after_construction_are_refused_not_converted(build, match):
+    with pytest.raises(ConversionError, match=match):
+        from_torch(build())
