@@ -653,12 +653,18 @@ def from_torch(
         raise ConversionError(f"arch={arch!r} but the module is {described.arch!r}")
     entries = _plan(_abstract_variables(described.module, described.in_channels), described.name_map)
     _check_keys(entries, state_dict, f"{described.source} {described.arch}")
-    flat = {}
+    flat, problems = {}, []
     for e in entries:
-        arr = _TO_FLAX[e.layout](_to_numpy(state_dict[e.torch_key], e.torch_key))
+        try:
+            arr = _TO_FLAX[e.layout](_to_numpy(state_dict[e.torch_key], e.torch_key))
+        except ConversionError as error:  # every bad tensor in one error, as for the keys
+            problems.append(str(error))
+            continue
         # Copy: numpy views torch's memory and jnp.asarray may alias it on CPU, so a later in-place torch
         # update (a train-mode forward's running statistics) would silently change the Flax variables.
         flat[e.flax_key] = jnp.array(arr, dtype=jnp.float32, copy=True)
+    if problems:
+        raise ConversionError(f"{len(problems)} tensors cannot be converted:\n  " + "\n  ".join(problems))
     return described.module, traverse_util.unflatten_dict(flat)
 
 

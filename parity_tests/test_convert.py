@@ -231,11 +231,15 @@ def test_timm_checkpoint_names_its_architecture():
         from_torch(sd, arch="mobilenetv3_large_075", source="timm")
 
 
-def test_integer_weights_are_rejected_by_key():
+def test_integer_weights_are_rejected_by_key_all_in_one_error():
     sd = torch_ref.DSConv(4, 8).state_dict()
     sd["depthwise_sep_conv.0.weight"] = sd["depthwise_sep_conv.0.weight"].long()
-    with pytest.raises(ConversionError, match=r"depthwise_sep_conv\.0\.weight: expected a floating-point.*int64"):
+    sd["depthwise_sep_conv.4.running_var"] = sd["depthwise_sep_conv.4.running_var"].int()
+    with pytest.raises(ConversionError, match=r"2 tensors cannot be converted") as info:
         from_torch(sd, arch="dsconv", source="torch_ref")
+    message = str(info.value)
+    assert "depthwise_sep_conv.0.weight: expected a floating-point tensor, got dtype torch.int64" in message
+    assert "depthwise_sep_conv.4.running_var: expected a floating-point tensor, got dtype torch.int32" in message
 
 
 @pytest.mark.parametrize(
