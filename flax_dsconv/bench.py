@@ -16,6 +16,7 @@ device's HBM bandwidth.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import statistics
 import time
@@ -65,8 +66,8 @@ class Result:
     workload: str
     framework: str  # 'flax', 'torch', 'torch.compile'
     batch: int
-    median_s: float
-    first_call_s: float
+    median_s: float | None  # None when the row failed (see error)
+    first_call_s: float | None
     images_per_s: float
     gbps: float | None = None
     peak_fraction: float | None = None
@@ -243,28 +244,28 @@ def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) ->
     rng = np.random.default_rng(0)
     out = []
 
-    # Inference: eval mode, running statistics.
-    b = settings.infer_batch
-    x_np = rng.standard_normal((b, r, r, 3), dtype=np.float32)
-    x = jnp.asarray(x_np)
-    tx = _to_torch(x_np, device)
+    # Inference: eval mode, running statistics, on its own copy of the torch model (the train step below puts
+    # torch_model in train mode before anything is timed) and its own batch (names the train step rebinds
+    # must not be read by these closures when they run).
+    infer_x_np = rng.standard_normal((settings.infer_batch, r, r, 3), dtype=np.float32)
+    infer_x, infer_tx = jnp.asarray(infer_x_np), _to_torch(infer_x_np, device)
     infer = jax.jit(module.apply)
+    infer_model = copy.deepcopy(torch_model).eval()
 
     def torch_infer(m):
         def run():
             with torch.no_grad(), autocast:
-                return m(tx)
+                return m(infer_tx)
 
         return run
 
-    torch_model.eval()
-    compiled = torch.compile(torch_model) if settings.torch_compile else None
+    compiled = torch.compile(infer_model) if settings.torch_compile else None
     out.append(
         _Workload(
             f"{arch} inference",
-            b,
-            lambda: infer(variables, x),
-            torch_infer(torch_model),
+            settings.infer_batch,
+            lambda: infer(variables, infer_x),
+            torch_infer(infer_model),
             torch_infer(compiled) if compiled is not None else None,
         )
     )
@@ -326,7 +327,13 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
     peak = _peak_gbps(settings)
     results = []
     for build in workloads:
-        for w in build():
+        try:
+            built = build()
+        except Exception as e:  # e.g. an implementation this backend lacks: report it, keep the other rows
+            log(f"building workloads failed: {e!r}")
+            results.append(Result("(building workloads)", "flax", 0, None, None, 0.0, error=repr(e)))
+            continue
+        for w in built:
             runs = [("flax", w.flax, jax.block_until_ready), ("torch", w.torch, torch_sync)]
             if w.torch_compiled is not None:
                 runs.append(("torch.compile", w.torch_compiled, torch_sync))
@@ -336,7 +343,7 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
                     median, first = _time(fn, sync, settings.repeats)
                 except Exception as e:  # a torch.compile toolchain failure must not hide the other rows
                     log(f"{w.name}: {framework} failed: {e!r}")
-                    results.append(Result(w.name, framework, w.batch, float("nan"), float("nan"), 0.0, error=repr(e)))
+                    results.append(Result(w.name, framework, w.batch, None, None, 0.0, error=repr(e)))
                     continue
                 gbps = w.bytes_per_call / median / 1e9 if w.bytes_per_call else None
                 results.append(
@@ -407,7 +414,9 @@ def describe_machine() -> str:
 
     device = jax.devices()[0]
     cpu = platform.processor() or platform.machine()
+    torch_device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"  # _torch_setup's
     return (
-        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}), torch {torch.__version__}, "
+        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}), torch {torch.__version__} on "
+        f"{torch_device}, "
         f"{cpu}, torch threads {torch.get_num_threads()}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
     )

@@ -560,10 +560,13 @@ def _check_window_fits(x: Array, kernel: Array, strides, padding, dilation, wher
 
 
 def _pallas_fits(x: Array, kernel: Array, strides, padding, dilation) -> bool:
-    """Whether the Pallas kernels serve this conv (else DepthwiseConv uses ``'xla'``): see ``pallas_depthwise.fits``."""
+    """Whether the Pallas kernels serve this conv (else DepthwiseConv uses ``'xla'``): a float32/bf16/fp16 input
+    (they accumulate in float32) and ``pallas_depthwise.fits``."""
     from flax_dsconv import pallas_depthwise
 
-    return pallas_depthwise.fits(x.shape, *_axes(x, kernel, strides, padding, dilation))
+    return x.dtype in pallas_depthwise.DTYPES and pallas_depthwise.fits(
+        x.shape, *_axes(x, kernel, strides, padding, dilation)
+    )
 
 
 def _depthwise_pallas(x: Array, kernel: Array, strides, padding, dilation) -> Array:

@@ -126,9 +126,13 @@ def default_row_grad_tiles(out_row: int, taps: int) -> RowGradTiles:
     return RowGradTiles(min(_next_pow2(out_row), 1024, _floor_pow2(_GRAD_REGISTERS // taps)))
 
 
+# What the kernels take: they load, multiply and sum in float32 (float64 would silently lose precision).
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
 def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis) -> bool:
-    """Whether this jaxlib has Pallas' Triton backend and 32-bit element offsets address every buffer the three
-    kernels touch (input, output, tiled weights, partial sums) for this conv."""
+    """Whether this jaxlib has Pallas' Triton backend, the batch is not empty, and 32-bit element offsets address
+    every buffer the three kernels touch (input, output, tiled weights, partial sums) for this conv."""
     batch, height, width, channels = x_shape
     out_h, out_w = _out_size(height, row_spec), _out_size(width, col_spec)
     taps = row_spec[0] * col_spec[0]
@@ -138,7 +142,7 @@ def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis) -> bool:
         taps * max(width, out_w) * channels,  # weights tiled along a row
         batch * taps * max(width, out_w) * channels,  # kernel-gradient partial sums (at most one set per image)
     )
-    return plgpu is not None and max(sizes) <= _INT32_LIMIT
+    return plgpu is not None and batch > 0 and max(sizes) <= _INT32_LIMIT
 
 
 def _pallas(kernel, out_shape, grid, warps: int, stages: int, interpret: bool, name: str):
@@ -158,8 +162,8 @@ def _taps(index: Array, size: int, bound: int, geom: Geometry, tap: int) -> tupl
     valid = (num >= 0) & (index < size)
     if geom.den > 1:
         num = jnp.maximum(num, 0)
-        valid &= jax.lax.rem(num, geom.den) == 0
-        num = jax.lax.div(num, geom.den)
+        valid &= num % geom.den == 0  # // and % keep int32 index arithmetic int32 under jax_enable_x64
+        num = num // geom.den
     return num, valid & (num < bound)
 
 
@@ -173,8 +177,8 @@ def _column_masks(q: Array, in_w: int, out_w: int, channels: int, shifts: tuple[
 def _block_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     bh, bw, bc = tiles.rows, tiles.cols, tiles.chans
     (height, width), (out_h, out_w) = in_hw, out_hw
-    n = jax.lax.div(pl.program_id(0), row_blocks)
-    oh = jax.lax.rem(pl.program_id(0), row_blocks) * bh + jnp.arange(bh, dtype=jnp.int32)
+    n = pl.program_id(0) // row_blocks
+    oh = pl.program_id(0) % row_blocks * bh + jnp.arange(bh, dtype=jnp.int32)
     ow = pl.program_id(1) * bw + jnp.arange(bw, dtype=jnp.int32)
     chan = pl.program_id(2) * bc + jnp.arange(bc, dtype=jnp.int32)
     chan_ok = chan < channels
@@ -198,8 +202,8 @@ def _block_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row
 def _row_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     (height, width), (out_h, out_w) = in_hw, out_hw
     in_row, out_row = width * channels, out_w * channels
-    n = jax.lax.div(pl.program_id(0), row_blocks)
-    oh = jax.lax.rem(pl.program_id(0), row_blocks) * tiles.rows + jnp.arange(tiles.rows, dtype=jnp.int32)
+    n = pl.program_id(0) // row_blocks
+    oh = pl.program_id(0) % row_blocks * tiles.rows + jnp.arange(tiles.rows, dtype=jnp.int32)
     q = pl.program_id(1) * tiles.width + jnp.arange(tiles.width, dtype=jnp.int32)
     q_ok = q < out_row
     col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
@@ -299,7 +303,7 @@ def _row_kernel_grad_kernel(x_ref, g_ref, o_ref, *, batch, in_hw, out_hw, channe
     col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
 
     def one_row(r, sums):
-        n, oh = n0 + jax.lax.div(r, out_h), jax.lax.rem(r, out_h)
+        n, oh = n0 + r // out_h, r % out_h
         n_ok = n < batch
         g = plgpu.load(g_ref.at[(n * out_h + oh) * out_row + q], mask=q_ok & n_ok, other=0).astype(jnp.float32)
         sums = list(sums)
@@ -371,6 +375,12 @@ def depthwise(x: Array, kernel: Array, row_spec: Axis, col_spec: Axis, interpret
 
 
 def _forward(x, kernel, row_spec, col_spec, interpret):
+    expected = (row_spec[0], col_spec[0], 1, x.shape[-1])
+    if x.ndim != 4 or kernel.shape != expected:  # the kernels index the weights by x's channel count
+        raise ValueError(f"depthwise: NHWC x and a {expected} kernel for these specs; got x {x.shape}, "
+                         f"kernel {kernel.shape}")  # fmt: skip
+    if x.dtype not in DTYPES:
+        raise ValueError(f"depthwise: the kernels accumulate in float32; x must be one of {DTYPES}, got {x.dtype}")
     out_hw = (_out_size(x.shape[1], row_spec), _out_size(x.shape[2], col_spec))
     taps = kernel.reshape(-1, kernel.shape[-1])
     row_geom, col_geom = _forward_geometry(row_spec), _forward_geometry(col_spec)

@@ -171,3 +171,18 @@ def test_train_rejects_settings_that_cannot_train(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--out", str(tmp_path), "--quiet", "--epochs", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_inference_rows_run_eval_mode_models_on_the_inference_batch():
+    from flax_dsconv import bench
+
+    settings = bench.Settings(train_batch=2, infer_batch=3, resolution=32, models=("mobilenet_v3_small",), repeats=1)
+    device, dtype, _ = bench._torch_setup(settings)
+    inference, train = bench._model_workloads(settings, "mobilenet_v3_small", device, dtype)
+    flax_logits, torch_logits = np.asarray(inference.flax()), inference.torch().numpy()
+    assert inference.batch == 3 and flax_logits.shape == torch_logits.shape == (3, 1000)
+    # Both in eval mode (running statistics, no dropout), on the same batch: the same logits. Built after it,
+    # the train step puts its torch model in train mode; that must not reach the inference row.
+    scale = np.abs(torch_logits).max()
+    assert scale > 0 and np.abs(flax_logits - torch_logits).max() <= 1e-5 * scale
+    assert np.isfinite(float(train.flax())) and np.isfinite(float(train.torch()))

@@ -148,6 +148,32 @@ def test_pallas_kernels_lower_to_triton(stride):
     assert text.count("__gpu$xla.gpu.triton") == 3  # forward, input gradient, kernel gradient
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pallas_kernels_trace_and_lower_under_x64(stride):
+    # Their int32 index arithmetic must not meet int64 constants when jax_enable_x64 is on.
+    x, w = jax.random.normal(jax.random.key(0), (1, 6, 7, 3)), jax.random.normal(jax.random.key(1), (3, 3, 1, 3))
+    spec = (3, stride, 1, 1, 1)
+    expected = jax.value_and_grad(lambda x, w: xla_depthwise(x, w, (stride,) * 2, ((1, 1),) * 2, (1, 1)).sum(), (0, 1))
+    with jax.enable_x64(True):
+        got = jax.value_and_grad(lambda x, w: pdw.depthwise(x, w, spec, spec, True).sum(), (0, 1))(x, w)
+        jax.jit(lambda x, w: pdw.depthwise(x, w, spec, spec)).trace(x, w).lower(lowering_platforms=("cuda",))
+    chex.assert_trees_all_close(got, expected(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_pallas_refuses_what_its_kernels_cannot_compute_exactly():
+    spec = (3, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"a \(3, 3, 1, 4\) kernel for these specs; got x \(1, 5, 5, 4\)"):
+        pdw.depthwise(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 1, 8)), spec, spec, True)
+    with jax.enable_x64(True):
+        x64 = jnp.ones((1, 5, 5, 4), jnp.float64)
+        with pytest.raises(ValueError, match="accumulate in float32"):
+            pdw.depthwise(x64, jnp.ones((3, 3, 1, 4), jnp.float64), spec, spec, True)
+        assert not layers._pallas_fits(x64, jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    # DepthwiseConv falls back to 'xla' for float64 and for an empty batch
+    assert layers._pallas_fits(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    assert not layers._pallas_fits(jnp.ones((0, 5, 5, 4)), jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
 def test_pallas_implementation_needs_a_gpu():
     if jax.default_backend() == "gpu":
         pytest.skip("this checks the error off a GPU")
