@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -28,8 +29,9 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from flax_dsconv import mobilenet
 from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv
-from flax_dsconv.mobilenet import BlockConfig, MobileNet, MobileNetConfig, mobilenet_v1
+from flax_dsconv.mobilenet import _V2_TABLE, _V3_LARGE, _V3_SMALL, BlockConfig, MobileNet, MobileNetConfig, mobilenet_v1
 
 if TYPE_CHECKING:
     import torch
@@ -473,7 +475,7 @@ def _torchvision_config(model: Any) -> MobileNetConfig:
         head = dict(head="pre_pool", head_channels=last["out"], head_act=last_act,
                     num_classes=cls[1].out_features, dropout=cls[0].p)  # fmt: skip
     return MobileNetConfig(
-        stages=_group_stages(flat),
+        stages=_group_stages(flat, _TORCHVISION_STAGES.get((type(model).__name__, len(feats)))),
         stem_channels=stem["out"],
         stem_kernel=stem["k"],
         stem_stride=stem["s"],
@@ -485,8 +487,21 @@ def _torchvision_config(model: Any) -> MobileNetConfig:
     )
 
 
-def _group_stages(blocks: list[BlockConfig]) -> tuple[tuple[BlockConfig, ...], ...]:
-    """Group a flat block list into stages, a new one at each stride > 1, width or kind change."""
+# Blocks per stage of torchvision's tables (by class and len(features)), as the Flax builders group them: the
+# parameter names (blocks_{stage}_{i}) then agree even where neighbouring stages round to one width.
+_TORCHVISION_STAGES = {
+    ("MobileNetV2", 19): tuple(n for _, _, n, _ in _V2_TABLE),
+    ("MobileNetV3", 17): (*(len(stage) for stage in _V3_LARGE), 1),
+    ("MobileNetV3", 13): (*(len(stage) for stage in _V3_SMALL), 1),
+}
+
+
+def _group_stages(blocks: list[BlockConfig], sizes: tuple[int, ...] | None) -> tuple[tuple[BlockConfig, ...], ...]:
+    """Group a flat block list into stages of ``sizes``; for a custom block list (other sizes), a new stage at
+    each stride > 1, width or kind change."""
+    if sizes is not None and sum(sizes) == len(blocks):
+        ends = list(itertools.accumulate(sizes))
+        return tuple(tuple(blocks[end - n : end]) for n, end in zip(sizes, ends, strict=True))
     stages: list[list[BlockConfig]] = []
     for b in blocks:
         prev = stages[-1][-1] if stages else None
@@ -732,12 +747,10 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
             if arch is None:  # torchvision's V3 small has 11 bottlenecks and a conv, large 15 and a conv
                 v3 = "mobilenet_v3_large" if len(blocks) > 12 else "mobilenet_v3_small"
                 arch = "mobilenet_v2" if c.head == "pre_pool" else v3
-            last = {"mobilenet_v2": 320, "mobilenet_v3_large": 160, "mobilenet_v3_small": 96}.get(arch)
-            if last:
-                last //= 2 if config.get("reduced_tail") else 1
-                base["width_mult"] = blocks[-2 if arch != "mobilenet_v2" else -1].out_channels / last
             if arch != "mobilenet_v2":
                 base["dilated"] = any(b.dilation > 1 for b in blocks)
+            if arch in mobilenet.BUILDERS and "width_mult" not in config:
+                base["width_mult"] = _torchvision_width(module, arch, {**base, **config})
     else:
         _computation(module)  # raises for anything else
     try:
@@ -749,6 +762,27 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
             f"cannot build the {source} {arch} this module exports to, from arguments "
             f"{ {**base, **config} }: {e}; pass model= (the torch module to load into)"
         ) from e
+
+
+def _channels(config: MobileNetConfig) -> tuple[Any, ...]:
+    blocks = (b for stage in config.stages for b in stage)
+    return (config.stem_channels, config.head_channels, *((b.out_channels, b.expand_channels, b.se_channels)
+                                                          for b in blocks))  # fmt: skip
+
+
+def _torchvision_width(module: MobileNet, arch: str, kwargs: dict[str, Any]) -> float:
+    """The width_mult whose torchvision model has ``module``'s channels. Widths are rounded to multiples of 8, so
+    the last block's ratio to its base width can miss (32/96 for 0.35): the builders, which round as torchvision
+    does, are searched over 0.05 steps; the ratio is the fallback (its mismatch is then reported)."""
+    options = {k: kwargs[k] for k in ("dilated", "reduced_tail") if k in kwargs}
+    target = _channels(module.config)
+    for w in (round(0.05 * i, 2) for i in range(1, 61)):
+        if _channels(mobilenet.BUILDERS[arch](w, **options).config) == target:
+            return w
+    last = {"mobilenet_v2": 320, "mobilenet_v3_large": 160, "mobilenet_v3_small": 96}[arch]
+    last //= 2 if options.get("reduced_tail") else 1
+    blocks = [b for stage in module.config.stages for b in stage]
+    return blocks[-2 if arch != "mobilenet_v2" else -1].out_channels / last
 
 
 def _check_same_computation(module: nn.Module, target: nn.Module, what: str) -> None:

@@ -393,7 +393,7 @@ def _mobilenet_v3(
             dilation = 2 if tail and dilated else 1
             stride = 1 if dilation > 1 else row.stride
             se = make_divisible(expand // 4) if row.se else 0
-            skip = stride == 1 and in_ch == out
+            skip = row.stride == 1 and in_ch == out  # the table's stride, as torchvision tests it, not dilation's 1
             if expand == in_ch:
                 block = BlockConfig("ds", out, row.kernel, stride, dilation, se_channels=se, act=row.act, skip=skip)
             else:

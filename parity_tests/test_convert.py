@@ -119,6 +119,13 @@ def test_builder_config_equals_config_read_from_timm(builder, name):
             lambda: mobilenet_v3_small(dilated=True, num_classes=7),
             lambda: tv.mobilenet_v3_small(dilated=True, num_classes=7),
         ),
+        # neighbouring stages that round to one width (16 and 24): grouped by the table, not by width
+        (lambda: mobilenet_v3_small(0.5), lambda: tv.mobilenet_v3_small(width_mult=0.5)),
+        # the first tail block: stride 2 in the table, 1 once dilated; no residual, as in torchvision
+        (
+            lambda: mobilenet_v3_small(0.75, dilated=True, reduced_tail=True),
+            lambda: tv.mobilenet_v3_small(width_mult=0.75, dilated=True, reduced_tail=True),
+        ),
     ],
 )
 def test_builder_config_equals_config_read_from_torchvision(builder, torch_model):
@@ -450,3 +457,12 @@ def _non_square_dilation():
 def test_layers_changed_after_construction_are_refused_not_converted(build, match):
     with pytest.raises(ConversionError, match=match):
         from_torch(build())
+
+
+@pytest.mark.parametrize("width", [0.35, 0.5, 1.25])
+def test_export_finds_torchvisions_width_multiplier_from_the_rounded_channels(width):
+    module = mobilenet_v3_large(width, reduced_tail=True)
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+    exported = to_torch_state_dict(module, variables, source="torchvision", reduced_tail=True)
+    tv.mobilenet_v3_large(width_mult=width, reduced_tail=True).load_state_dict(exported, strict=True)
