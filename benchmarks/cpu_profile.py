@@ -84,7 +84,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(per_kernel, f)
-    print(f"{sum(per_kernel.values()):.0f} ms of kernels per step (batch {args.batch}, {len(os.sched_getaffinity(0))} CPUs)")
+    cpus = len(os.sched_getaffinity(0))
+    print(f"{sum(per_kernel.values()):.0f} ms of kernels per step (batch {args.batch}, {cpus} CPUs)")
     for kind, ms in sorted(by_kind(per_kernel).items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {ms:7.1f} ms  {kind}")
     print("largest kernels:")
