@@ -156,14 +156,21 @@ def _is_unit(geom: Geometry) -> bool:
     return geom.a == 1 and geom.den == 1
 
 
+def _divmod(a: Array, b: int) -> tuple[Array, Array]:
+    """``a // b`` and ``a % b`` for non-negative int ``a``, as ``lax.div``/``lax.rem`` (what Triton lowers; ``//``
+    and ``%`` add a sign fix-up it does not) with ``b`` in ``a``'s dtype (a Python int is int64 under x64)."""
+    b = jnp.asarray(b, a.dtype)
+    return jax.lax.div(a, b), jax.lax.rem(a, b)
+
+
 def _taps(index: Array, size: int, bound: int, geom: Geometry, tap: int) -> tuple[Array, Array]:
     """``(input index, valid)`` along one axis for output positions ``index`` (``size`` of them) and one tap."""
     num = index * geom.a + geom.b[tap]
     valid = (num >= 0) & (index < size)
     if geom.den > 1:
         num = jnp.maximum(num, 0)
-        valid &= num % geom.den == 0  # // and % keep int32 index arithmetic int32 under jax_enable_x64
-        num = num // geom.den
+        num, remainder = _divmod(num, geom.den)
+        valid &= remainder == 0
     return num, valid & (num < bound)
 
 
@@ -177,8 +184,8 @@ def _column_masks(q: Array, in_w: int, out_w: int, channels: int, shifts: tuple[
 def _block_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     bh, bw, bc = tiles.rows, tiles.cols, tiles.chans
     (height, width), (out_h, out_w) = in_hw, out_hw
-    n = pl.program_id(0) // row_blocks
-    oh = pl.program_id(0) % row_blocks * bh + jnp.arange(bh, dtype=jnp.int32)
+    n, row_block = _divmod(pl.program_id(0), row_blocks)
+    oh = row_block * bh + jnp.arange(bh, dtype=jnp.int32)
     ow = pl.program_id(1) * bw + jnp.arange(bw, dtype=jnp.int32)
     chan = pl.program_id(2) * bc + jnp.arange(bc, dtype=jnp.int32)
     chan_ok = chan < channels
@@ -202,8 +209,8 @@ def _block_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row
 def _row_correlate_kernel(x_ref, w_ref, o_ref, *, in_hw, out_hw, channels, row_geom, col_geom, tiles, row_blocks):
     (height, width), (out_h, out_w) = in_hw, out_hw
     in_row, out_row = width * channels, out_w * channels
-    n = pl.program_id(0) // row_blocks
-    oh = pl.program_id(0) % row_blocks * tiles.rows + jnp.arange(tiles.rows, dtype=jnp.int32)
+    n, row_block = _divmod(pl.program_id(0), row_blocks)
+    oh = row_block * tiles.rows + jnp.arange(tiles.rows, dtype=jnp.int32)
     q = pl.program_id(1) * tiles.width + jnp.arange(tiles.width, dtype=jnp.int32)
     q_ok = q < out_row
     col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
@@ -303,7 +310,8 @@ def _row_kernel_grad_kernel(x_ref, g_ref, o_ref, *, batch, in_hw, out_hw, channe
     col_ok = _column_masks(q, width, out_w, channels, col_geom.b)
 
     def one_row(r, sums):
-        n, oh = n0 + r // out_h, r % out_h
+        image, oh = _divmod(r, out_h)
+        n = n0 + image
         n_ok = n < batch
         g = plgpu.load(g_ref.at[(n * out_h + oh) * out_row + q], mask=q_ok & n_ok, other=0).astype(jnp.float32)
         sums = list(sums)

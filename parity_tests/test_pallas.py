@@ -156,7 +156,13 @@ def test_pallas_kernels_trace_and_lower_under_x64(stride):
     expected = jax.value_and_grad(lambda x, w: xla_depthwise(x, w, (stride,) * 2, ((1, 1),) * 2, (1, 1)).sum(), (0, 1))
     with jax.enable_x64(True):
         got = jax.value_and_grad(lambda x, w: pdw.depthwise(x, w, spec, spec, True).sum(), (0, 1))(x, w)
-        jax.jit(lambda x, w: pdw.depthwise(x, w, spec, spec)).trace(x, w).lower(lowering_platforms=("cuda",))
+
+        def forward_and_vjp(x, w):
+            y, vjp = jax.vjp(lambda x, w: pdw.depthwise(x, w, spec, spec), x, w)
+            return y, vjp(y)
+
+        text = jax.jit(forward_and_vjp).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+        assert text.count("__gpu$xla.gpu.triton") == 3
     chex.assert_trees_all_close(got, expected(x, w), atol=1e-5, rtol=1e-5)
 
 
