@@ -185,4 +185,4 @@ def test_bench_inference_rows_run_eval_mode_models_on_the_inference_batch():
     # the train step puts its torch model in train mode; that must not reach the inference row.
     scale = np.abs(torch_logits).max()
     assert scale > 0 and np.abs(flax_logits - torch_logits).max() <= 1e-5 * scale
-    assert np.isfinite(float(train.flax())) and np.isfinite(float(train.torch()))
+    assert np.isfinite(float(train.flax())) and np.isfinite(train.torch().item())
