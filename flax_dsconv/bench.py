@@ -97,10 +97,17 @@ def _time(fn: Callable[[], Any], sync: Callable[[Any], None], repeats: int) -> t
     return statistics.median(times), first
 
 
+def _torch_device() -> str:
+    """Where PyTorch runs: CUDA when JAX's default backend is the GPU and torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def _torch_setup(settings: Settings) -> tuple[Any, Any, Any]:
     import torch
 
-    device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device(_torch_device())
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -414,9 +421,8 @@ def describe_machine() -> str:
 
     device = jax.devices()[0]
     cpu = platform.processor() or platform.machine()
-    torch_device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"  # _torch_setup's
     return (
         f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}), torch {torch.__version__} on "
-        f"{torch_device}, "
+        f"{_torch_device()}, "
         f"{cpu}, torch threads {torch.get_num_threads()}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
     )

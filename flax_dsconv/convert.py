@@ -315,6 +315,11 @@ def _act_name(module: Any, where: str) -> str:
     return _ACT_CLASSES[name]
 
 
+def _check_zero_padding(conv: Any, where: str) -> None:
+    if getattr(conv, "padding_mode", "zeros") != "zeros":
+        raise ConversionError(f"{where}: padding_mode={conv.padding_mode!r}; only zero padding is supported")
+
+
 class _TorchReader:
     """Reads convs, norms and activations off a torch model, checking they fit one Flax config."""
 
@@ -326,8 +331,7 @@ class _TorchReader:
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if len({*conv.kernel_size}) > 1 or len({*conv.stride}) > 1 or len({*conv.dilation}) > 1:
             raise ConversionError(f"{where}: non-square kernels/strides/dilations are not supported: {conv}")
-        if getattr(conv, "padding_mode", "zeros") != "zeros":
-            raise ConversionError(f"{where}: padding_mode={conv.padding_mode!r}; only zero padding is supported")
+        _check_zero_padding(conv, where)
         if type(conv).__name__ == "Conv2dSame" or conv.padding == "same":
             self.paddings.add("SAME")
         elif tuple(conv.padding) != (d * (k - 1) // 2,) * 2:
@@ -529,8 +533,8 @@ def _check_torch_ref(model: Any, cfg: dict[str, Any]) -> None:
                                   f"says {eps}, {momentum} (torch_ref models convert from their config)")  # fmt: skip
         if kind in _ACT_CLASSES and _ACT_CLASSES[kind] != act:
             raise ConversionError(f"{name}: activation {kind}, but the model's config says {act!r}")
-        if kind == "Conv2d" and m.padding_mode != "zeros":
-            raise ConversionError(f"{name}: padding_mode={m.padding_mode!r}; only zero padding is supported")
+        if kind == "Conv2d":
+            _check_zero_padding(m, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -695,9 +699,8 @@ def _computation(module: nn.Module) -> dict[str, Any]:
         fields = {
             f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in ("stages", "dropout", "norm")
         }
-        blocks = [b for stage in c.stages for b in stage]
-        fields["number of blocks"] = len(blocks)
-        fields.update({f"block {i}": b for i, b in enumerate(blocks)})
+        fields["number of blocks"] = len(c.blocks)
+        fields.update({f"block {i}": b for i, b in enumerate(c.blocks)})
         fields["BatchNorm epsilon"] = c.norm.epsilon
         return fields
     if isinstance(module, DepthwiseSeparableConv):
@@ -731,12 +734,11 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
             base.update(act=module.act, bn_eps=module.norm.epsilon, bn_momentum=1.0 - module.norm.momentum)
     elif isinstance(module, MobileNet):
         c = module.config
-        blocks = [b for stage in c.stages for b in stage]
         base = {"num_classes": c.num_classes}
         if source == "torch_ref":
             arch = arch or "mobilenet_v1"
-            base.update(width_multiplier=blocks[-1].out_channels / 1024, act=c.stem_act, dropout=c.dropout,
-                        separable=blocks[0].kind == "ds", in_channels=c.in_channels, bn_eps=c.norm.epsilon,
+            base.update(width_multiplier=c.blocks[-1].out_channels / 1024, act=c.stem_act, dropout=c.dropout,
+                        separable=c.blocks[0].kind == "ds", in_channels=c.in_channels, bn_eps=c.norm.epsilon,
                         bn_momentum=1.0 - c.norm.momentum)  # fmt: skip
         elif source == "timm":
             if arch is None:
@@ -745,10 +747,10 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
             base["in_chans"] = c.in_channels
         else:
             if arch is None:  # torchvision's V3 small has 11 bottlenecks and a conv, large 15 and a conv
-                v3 = "mobilenet_v3_large" if len(blocks) > 12 else "mobilenet_v3_small"
+                v3 = "mobilenet_v3_large" if len(c.blocks) > 12 else "mobilenet_v3_small"
                 arch = "mobilenet_v2" if c.head == "pre_pool" else v3
             if arch != "mobilenet_v2":
-                base["dilated"] = any(b.dilation > 1 for b in blocks)
+                base["dilated"] = any(b.dilation > 1 for b in c.blocks)
             if arch in mobilenet.BUILDERS and "width_mult" not in config:
                 base["width_mult"] = _torchvision_width(module, arch, {**base, **config})
     else:
@@ -765,9 +767,8 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
 
 
 def _channels(config: MobileNetConfig) -> tuple[Any, ...]:
-    blocks = (b for stage in config.stages for b in stage)
-    return (config.stem_channels, config.head_channels, *((b.out_channels, b.expand_channels, b.se_channels)
-                                                          for b in blocks))  # fmt: skip
+    return (config.stem_channels, config.head_channels,
+            *((b.out_channels, b.expand_channels, b.se_channels) for b in config.blocks))  # fmt: skip
 
 
 def _torchvision_width(module: MobileNet, arch: str, kwargs: dict[str, Any]) -> float:
@@ -781,8 +782,7 @@ def _torchvision_width(module: MobileNet, arch: str, kwargs: dict[str, Any]) -> 
             return w
     last = {"mobilenet_v2": 320, "mobilenet_v3_large": 160, "mobilenet_v3_small": 96}[arch]
     last //= 2 if options.get("reduced_tail") else 1
-    blocks = [b for stage in module.config.stages for b in stage]
-    return blocks[-2 if arch != "mobilenet_v2" else -1].out_channels / last
+    return module.config.blocks[-2 if arch != "mobilenet_v2" else -1].out_channels / last
 
 
 def _check_same_computation(module: nn.Module, target: nn.Module, what: str) -> None:

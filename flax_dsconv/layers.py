@@ -564,9 +564,7 @@ def _pallas_fits(x: Array, kernel: Array, strides, padding, dilation) -> bool:
     (they accumulate in float32) and ``pallas_depthwise.fits``."""
     from flax_dsconv import pallas_depthwise
 
-    return x.dtype in pallas_depthwise.DTYPES and pallas_depthwise.fits(
-        x.shape, *_axes(x, kernel, strides, padding, dilation)
-    )
+    return pallas_depthwise.fits(x.shape, *_axes(x, kernel, strides, padding, dilation), x.dtype)
 
 
 def _depthwise_pallas(x: Array, kernel: Array, strides, padding, dilation) -> Array:

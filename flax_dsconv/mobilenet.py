@@ -81,6 +81,11 @@ class MobileNetConfig:
     padding: str = "torch"
     norm: BatchNormConfig = BatchNormConfig()
 
+    @property
+    def blocks(self) -> tuple[BlockConfig, ...]:
+        """Every block, stage after stage."""
+        return tuple(b for stage in self.stages for b in stage)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -130,9 +130,10 @@ def default_row_grad_tiles(out_row: int, taps: int) -> RowGradTiles:
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis) -> bool:
-    """Whether this jaxlib has Pallas' Triton backend, the batch is not empty, and 32-bit element offsets address
-    every buffer the three kernels touch (input, output, tiled weights, partial sums) for this conv."""
+def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis, dtype: Any = jnp.float32) -> bool:
+    """Whether this jaxlib has Pallas' Triton backend, ``dtype`` is one of :data:`DTYPES`, the batch is not empty,
+    and 32-bit element offsets address every buffer the three kernels touch (input, output, tiled weights,
+    partial sums) for this conv."""
     batch, height, width, channels = x_shape
     out_h, out_w = _out_size(height, row_spec), _out_size(width, col_spec)
     taps = row_spec[0] * col_spec[0]
@@ -142,7 +143,7 @@ def fits(x_shape: tuple[int, ...], row_spec: Axis, col_spec: Axis) -> bool:
         taps * max(width, out_w) * channels,  # weights tiled along a row
         batch * taps * max(width, out_w) * channels,  # kernel-gradient partial sums (at most one set per image)
     )
-    return plgpu is not None and batch > 0 and max(sizes) <= _INT32_LIMIT
+    return plgpu is not None and jnp.dtype(dtype) in DTYPES and batch > 0 and max(sizes) <= _INT32_LIMIT
 
 
 def _pallas(kernel, out_shape, grid, warps: int, stages: int, interpret: bool, name: str):
