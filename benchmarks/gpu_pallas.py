@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_dsconv import pallas_depthwise as pdw
-
-PEAK = {"H200": 4800.0, "H100": 3350.0}
+from flax_dsconv.bench import peak_gbps
 
 
 def log(*args) -> None:
@@ -318,7 +317,7 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]
-    peak = next((v for k, v in PEAK.items() if k in device.device_kind), None)
+    peak = peak_gbps(device.device_kind)
     log(f"jax {jax.__version__}, {device.device_kind}, peak {peak} GB/s")
     report: dict = {"device": device.device_kind, "jax": jax.__version__}
     trace = pathlib.Path(args.trace) if "profile" in args.sections else None

@@ -30,7 +30,15 @@ import numpy as np
 from flax_dsconv import layers, train
 
 # Peak HBM bandwidth in GB/s (vendor data sheets), matched against the device name; --peak-gbps overrides.
-PEAK_GBPS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0, "A100": 1555.0}
+# The first key contained in the device name wins, so variants come before the plain model name.
+PEAK_GBPS = {
+    "H200": 4800.0,
+    "H100 PCIe": 2000.0,
+    "H100 NVL": 3900.0,
+    "H100": 3350.0,  # SXM, "NVIDIA H100 80GB HBM3"
+    "A100-SXM4-80GB": 2039.0,
+    "A100": 1555.0,
+}
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
@@ -317,8 +325,12 @@ def _peak_gbps(settings: Settings) -> float | None:
         return settings.peak_gbps
     if jax.default_backend() != "gpu":
         return None
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_GBPS.items() if k in kind), None)
+    return peak_gbps(jax.devices()[0].device_kind)
+
+
+def peak_gbps(device_kind: str) -> float | None:
+    """The data-sheet HBM bandwidth of the GPU named ``device_kind`` (``jax.Device.device_kind``), if known."""
+    return next((v for k, v in PEAK_GBPS.items() if k in device_kind), None)
 
 
 def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list[Result]:

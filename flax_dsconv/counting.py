@@ -52,6 +52,8 @@ def layer_counts(module: nn.Module, input_shape: tuple[int, ...]) -> list[LayerC
             kernel = math.prod(params["kernel"].shape)
             positions = math.prod(out.shape[1:-1])  # output pixels (1 for dense layers)
             name = "/".join(context.module.scope.path)
+            if kind == "conv" and params["kernel"].shape[:-2] == (1, 1):
+                kind = "pointwise"  # a 1x1 conv built as nn.Conv (MobileNetV3's last stage) is one too
             records.append(LayerCount(name, kind, tuple(out.shape[1:]), weights, positions * kernel))
         return out
 

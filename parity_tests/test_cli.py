@@ -11,7 +11,7 @@ import torchvision
 from conftest import randomize_batchnorm, to_nhwc
 
 import flax_dsconv
-from flax_dsconv import cli, parity
+from flax_dsconv import bench, cli, parity
 
 
 def test_parity_prints_every_row_and_exits_zero(capsys):
@@ -109,6 +109,16 @@ def test_bench_times_every_workload_in_every_framework_and_reports_json(capsys, 
         assert rows[w, "flax"]["first_call_s"] > 3 * rows[w, "flax"]["median_s"], w
     assert rows["depthwise 3x3 fwd", "flax"]["gbps"] > 0  # bytes moved are known for the depthwise rows only
     assert rows["pointwise 1x1 fwd", "flax"]["gbps"] is None
+
+
+@pytest.mark.parametrize(
+    "device_kind,gbps",
+    [("NVIDIA H100 80GB HBM3", 3350), ("NVIDIA H100 PCIe", 2000), ("NVIDIA H100 NVL", 3900), ("NVIDIA H200", 4800),
+     ("Tesla T4", None)],
+)  # fmt: skip
+def test_bench_knows_each_h100_variants_bandwidth(device_kind, gbps):
+    # The PCIe and NVL cards contain "H100" too: the SXM figure would misstate their share of the bandwidth.
+    assert bench.peak_gbps(device_kind) == gbps
 
 
 def test_bench_table_names_ratios_and_rejects_unknown_models(capsys):

@@ -80,6 +80,13 @@ def test_counts_match_torchvision_metadata(builder, torch_builder, params, gflop
     assert count_macs(model, (1, 224, 224, 3)) / 1e9 == pytest.approx(gflops, rel=0.01)
 
 
+def test_one_by_one_dense_convs_count_as_pointwise():
+    # MobileNetV3's last stage is a 1x1 nn.Conv (ConvBNAct), not a PointwiseConv: still a pointwise layer.
+    kinds = {r.name: r.kind for r in layer_counts(mobilenet_v3_small(), (1, 224, 224, 3))}
+    assert kinds["blocks_5_0/conv"] == "pointwise" and kinds["conv_stem"] == "conv"
+    assert [name for name, kind in kinds.items() if kind == "conv"] == ["conv_stem"]
+
+
 def test_summary_lists_every_layer_with_totals():
     text = summary(mobilenet_v1(0.75), (1, 160, 160, 3))
     assert "blocks_4_1/conv_pw" in text and "5x5x768" in text
