@@ -717,6 +717,8 @@ class SqueezeExcite(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        expand = self.variables.get("params", {}).get("conv_expand", {}).get("kernel")
+        check_nhwc(x, None if expand is None else expand.shape[-1], _where(self))
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
         s = PointwiseConv(self.reduced_channels, use_bias=True, dtype=self.dtype, name="conv_reduce")(s)
         s = activation(self.act)(s)

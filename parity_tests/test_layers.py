@@ -392,6 +392,18 @@ def test_dense_conv_block_checks_its_input_like_the_separable_block():
         block.apply(variables, jnp.ones((2, 16, 16, 8), jnp.int32))
 
 
+def test_squeeze_excite_names_its_own_input_when_it_is_laid_out_wrong():
+    from flax_dsconv import SqueezeExcite
+
+    se = SqueezeExcite(4)
+    variables = se.init(jax.random.key(0), jnp.ones((2, 6, 6, 16)))
+    # Before: the pooled (2, 1, 1, 6) tensor's shape, in conv_reduce's name.
+    with pytest.raises(ValueError, match=r"SqueezeExcite.*16 channels.*\(2, 16, 6, 6\).*NCHW\?"):
+        se.apply(variables, jnp.ones((2, 16, 6, 6)))
+    with pytest.raises(ValueError, match=r"SqueezeExcite.*4-D NHWC"):
+        se.init(jax.random.key(0), jnp.ones((6, 6, 16)))
+
+
 @pytest.mark.parametrize("kernel_size", [3, 7])
 def test_shifted_bfloat16_forward_rounds_like_xla(kernel_size):
     # The taps are summed in float32 and rounded once, as XLA's conv does: same error against an fp32 reference.
