@@ -20,6 +20,7 @@ from flax import serialization
 
 from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv
 from flax_dsconv.mobilenet import MobileNet, MobileNetConfig
+from flax_dsconv.shapes import abstract_variables, listed, misfits
 
 FORMAT_VERSION = 1
 _VARIABLES, _CONFIG = "variables.msgpack", "config.json"
@@ -35,6 +36,22 @@ def _run_fields(module: nn.Module) -> dict[str, Any]:
     return fields
 
 
+def _in_channels(module: nn.Module, variables: Any) -> int:
+    if isinstance(module, MobileNet):
+        return module.config.in_channels
+    kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")  # DepthwiseSeparableConv: multiplier 1
+    if kernel is None:
+        raise ValueError("variables have no params/conv_dw/kernel: not a DepthwiseSeparableConv's")
+    return int(np.shape(kernel)[-1])
+
+
+def _check_fits(module: nn.Module, variables: Any, where: str) -> None:
+    """Refuse ``variables`` unless they hold exactly what ``module`` uses (keys, collections, shapes)."""
+    problems = misfits(abstract_variables(module, _in_channels(module, variables)), variables)
+    if problems:
+        raise ValueError(f"{where}: the variables do not fit {type(module).__name__}: {listed(problems)}")
+
+
 def _describe(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, MobileNet):
         return {"module": "MobileNet", "config": module.config.to_dict(), **_run_fields(module)}
@@ -47,7 +64,8 @@ def _describe(module: nn.Module) -> dict[str, Any]:
 
 
 def save(directory: str | os.PathLike, module: nn.Module, variables: Any, **metadata: Any) -> Path:
-    """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``) to ``directory``.
+    """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``, both as ``module`` makes
+    them; anything else in ``variables`` is left out) to ``directory``.
 
     ``metadata`` (JSON-serialisable keywords) is stored beside the config; its keys must not be the
     config's own (``format_version``, ``module``, ``config``, ``dtype``, ``depthwise``, ``axis_name``).
@@ -56,9 +74,10 @@ def save(directory: str | os.PathLike, module: nn.Module, variables: Any, **meta
     clash = sorted(info.keys() & metadata.keys())
     if clash:
         raise ValueError(f"metadata keys {clash} would overwrite the saved module description; rename them")
+    state = {k: jax.tree.map(np.asarray, variables[k]) for k in ("params", "batch_stats") if k in variables}
+    _check_fits(module, state, "save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: jax.tree.map(np.asarray, variables[k]) for k in ("params", "batch_stats") if k in variables}
     (directory / _VARIABLES).write_bytes(serialization.msgpack_serialize(state))
     info.update(metadata)
     (directory / _CONFIG).write_text(json.dumps(info, indent=2) + "\n")
@@ -87,4 +106,5 @@ def load(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     else:
         raise ValueError(f"{directory / _CONFIG}: unknown module {info['module']!r}")
     variables = serialization.msgpack_restore((directory / _VARIABLES).read_bytes())
+    _check_fits(module, variables, str(directory))  # a config edited or swapped since: refused, not half-loaded
     return module, jax.tree.map(jax.numpy.asarray, variables)

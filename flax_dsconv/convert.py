@@ -32,6 +32,7 @@ from flax import traverse_util
 from flax_dsconv import mobilenet
 from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv
 from flax_dsconv.mobilenet import _V2_TABLE, _V3_LARGE, _V3_SMALL, BlockConfig, MobileNet, MobileNetConfig, mobilenet_v1
+from flax_dsconv.shapes import abstract_variables, listed, misfits
 
 if TYPE_CHECKING:
     import torch
@@ -175,11 +176,6 @@ def _plan(abstract: Variables, name_map: NameMap) -> list[_Entry]:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _abstract_variables(module: nn.Module, in_channels: int) -> Variables:
-    x = jax.ShapeDtypeStruct((1, 64, 64, in_channels), jnp.float32)
-    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
-
-
 def _to_numpy(value: Any, key: str) -> np.ndarray:
     """A checkpoint tensor as a float numpy array; float types numpy lacks (bfloat16, float8) become float32."""
     if hasattr(value, "detach"):  # a torch tensor
@@ -195,10 +191,6 @@ def _to_numpy(value: Any, key: str) -> np.ndarray:
     if not jnp.issubdtype(arr.dtype, jnp.floating):  # jnp's also knows ml_dtypes' bfloat16 and float8 types
         raise ConversionError(f"{key}: expected a floating-point tensor, got dtype {arr.dtype}")
     return arr if arr.dtype in (np.float16, np.float32, np.float64) else arr.astype(np.float32)
-
-
-def _listed(keys: list[str], limit: int = 12) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _common_prefix_hint(missing: list[str], unexpected: list[str]) -> str:
@@ -218,7 +210,7 @@ def _common_prefix_hint(missing: list[str], unexpected: list[str]) -> str:
 def _check_keys(entries: list[_Entry], state_dict: StateDict, what: str) -> None:
     not_tensors = sorted(k for k, v in state_dict.items() if not hasattr(v, "shape"))
     if not_tensors:
-        raise ConversionError(f"state_dict values must be tensors or arrays; not: {_listed(not_tensors)}")
+        raise ConversionError(f"state_dict values must be tensors or arrays; not: {listed(not_tensors)}")
     expected = {e.torch_key: e.torch_shape for e in entries}
     given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(expected.keys() - given.keys())
@@ -228,9 +220,9 @@ def _check_keys(entries: list[_Entry], state_dict: StateDict, what: str) -> None
         return
     lines = [f"state_dict does not fit {what}:"]
     if missing:
-        lines.append(f"  missing keys ({len(missing)}): " + _listed(missing))
+        lines.append(f"  missing keys ({len(missing)}): " + listed(missing))
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): " + _listed(unexpected))
+        lines.append(f"  unexpected keys ({len(unexpected)}): " + listed(unexpected))
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}):")
         lines += [f"    {k}: checkpoint {given[k]}, expected {expected[k]}" for k in mismatched]
@@ -670,7 +662,7 @@ def from_torch(
         raise ConversionError(f"source={source!r} but the module is a {described.source} model")
     if arch is not None and not isinstance(src, Mapping) and arch != described.arch:
         raise ConversionError(f"arch={arch!r} but the module is {described.arch!r}")
-    entries = _plan(_abstract_variables(described.module, described.in_channels), described.name_map)
+    entries = _plan(abstract_variables(described.module, described.in_channels), described.name_map)
     _check_keys(entries, state_dict, f"{described.source} {described.arch}")
     flat, problems = {}, []
     for e in entries:
@@ -844,15 +836,11 @@ def to_torch_state_dict(
         raise ConversionError(f"source={source!r} but model= is a {described.source} model")
     what = f"the {described.source} {described.arch}"
     _check_same_computation(module, described.module, what)
-    abstract = _abstract_variables(described.module, described.in_channels)
+    abstract = abstract_variables(described.module, described.in_channels)
     for collection, tree in variables.items():
-        expected = {k: v.shape for k, v in traverse_util.flatten_dict(abstract.get(collection, {})).items()}
-        given = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(tree).items()}
-        if expected != given:
-            bad = sorted("/".join(k) for k in expected.keys() ^ given.keys())
-            bad += sorted(f"{'/'.join(k)} {given[k]} (expected {expected[k]})"
-                          for k in expected.keys() & given.keys() if given[k] != expected[k])  # fmt: skip
-            raise ConversionError(f"{collection} do not fit {what}: " + ", ".join(bad[:20]))
+        problems = misfits(abstract.get(collection, {}), tree)
+        if problems:
+            raise ConversionError(f"{collection} do not fit {what}: " + listed(problems, 20))
     entries = _plan(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables), described.name_map)
     kept = tuple(_LEAF_NAMES[(c, leaf)] for c, leaf in _LEAF_NAMES if c in variables)
     target_keys = {k: v for k, v in target.state_dict().items() if k.rsplit(".", 1)[-1] in kept}

@@ -71,6 +71,34 @@ def test_save_load_round_trips_a_separable_block(tmp_path):
     chex.assert_trees_all_equal(loaded, variables)
 
 
+def test_load_refuses_variables_that_do_not_fit_the_saved_config(tmp_path):
+    # A config.json edited (or swapped) after saving used to load, and failed only at apply time, in Flax's words.
+    model = flax_dsconv.mobilenet_v3_small(num_classes=10)
+    variables = model.init(jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
+    flax_dsconv.save(tmp_path, model, variables)
+    info = json.loads((tmp_path / "config.json").read_text())
+    info["config"]["num_classes"] = 12
+    (tmp_path / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"do not fit MobileNet: params/classifier/bias \(10,\) \(expected \(12,\)\)"):
+        flax_dsconv.load(tmp_path)
+
+
+def test_save_refuses_variables_the_module_would_not_use(tmp_path):
+    model = flax_dsconv.mobilenet_v3_small(num_classes=10)
+    variables = model.init(jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"do not fit MobileNet: missing batch_stats$"):
+        flax_dsconv.save(tmp_path / "a", model, {"params": variables["params"]})
+    params = {k: v for k, v in variables["params"].items() if k != "blocks_3_1"}
+    with pytest.raises(ValueError, match=r"missing params/blocks_3_1$"):
+        flax_dsconv.save(tmp_path / "b", model, {**variables, "params": params})
+    block = flax_dsconv.seed_dsconv(16)
+    block_variables = block.init(jax.random.key(0), jax.numpy.ones((1, 8, 8, 4)))
+    extra = {**block_variables["params"], "head": {"kernel": jax.numpy.ones((16, 3))}}
+    with pytest.raises(ValueError, match=r"do not fit DepthwiseSeparableConv: unexpected params/head$"):
+        flax_dsconv.save(tmp_path / "c", block, {**block_variables, "params": extra})
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_load_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         flax_dsconv.load(tmp_path)
