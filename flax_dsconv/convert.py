@@ -253,7 +253,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise ConversionError(
-                f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pth, .pt or .bin"
+                f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, .pth, .pt, .bin or .ckpt"
             )
     except ConversionError:
         raise
