@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import randomize_batchnorm, to_nhwc
+from conftest import random_variables, randomize_batchnorm, to_nhwc
 
 import flax_dsconv
 from flax_dsconv import bench, cli, parity
@@ -74,7 +74,7 @@ def test_save_load_round_trips_a_separable_block(tmp_path):
 def test_load_refuses_variables_that_do_not_fit_the_saved_config(tmp_path):
     # A config.json edited (or swapped) after saving used to load, and failed only at apply time, in Flax's words.
     model = flax_dsconv.mobilenet_v3_small(num_classes=10)
-    variables = model.init(jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
+    variables = random_variables(model, jax.numpy.ones((1, 32, 32, 3)))
     flax_dsconv.save(tmp_path, model, variables)
     info = json.loads((tmp_path / "config.json").read_text())
     info["config"]["num_classes"] = 12
@@ -85,7 +85,7 @@ def test_load_refuses_variables_that_do_not_fit_the_saved_config(tmp_path):
 
 def test_save_refuses_variables_the_module_would_not_use(tmp_path):
     model = flax_dsconv.mobilenet_v3_small(num_classes=10)
-    variables = model.init(jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
+    variables = random_variables(model, jax.numpy.ones((1, 32, 32, 3)))
     with pytest.raises(ValueError, match=r"do not fit MobileNet: missing batch_stats$"):
         flax_dsconv.save(tmp_path / "a", model, {"params": variables["params"]})
     params = {k: v for k, v in variables["params"].items() if k != "blocks_3_1"}
