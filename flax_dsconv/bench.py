@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -342,7 +343,7 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
     workloads: list[Callable[[], list[_Workload]]] = []
     if settings.layers:
         workloads.append(lambda: _layer_workloads(settings, device, tdtype))
-    workloads += [lambda arch=arch: _model_workloads(settings, arch, device, tdtype) for arch in settings.models]
+    workloads += [functools.partial(_model_workloads, settings, arch, device, tdtype) for arch in settings.models]
     peak = _peak_gbps(settings)
     results = []
     for build in workloads:
@@ -380,6 +381,11 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list
     return results
 
 
+def _median(result: Result | None) -> float | None:
+    """A row's median seconds, or None where the framework did not run or failed."""
+    return None if result is None or result.error else result.median_s
+
+
 def format_table(results: Sequence[Result]) -> str:
     """One row per workload: medians, Flax's throughput ratio to each PyTorch mode, first-call times."""
     by_workload: dict[str, dict[str, Result]] = {}
@@ -396,20 +402,20 @@ def format_table(results: Sequence[Result]) -> str:
     for name, runs in by_workload.items():
         flax = runs.get("flax")
         row = [name, str(flax.batch if flax else "")]
-        row += [f"{runs[f].median_s * 1e3:.1f}" if f in runs and not runs[f].error else "error" for f in frameworks]
+        medians = {f: _median(runs.get(f)) for f in frameworks}
+        row += [f"{m * 1e3:.1f}" if (m := medians[f]) is not None else "error" for f in frameworks]
         for f in frameworks[1:]:
-            other = runs.get(f)
-            ok = flax and other and not flax.error and not other.error
-            row.append(f"{other.median_s / flax.median_s:.2f}x" if ok else "-")
+            mine, theirs = medians["flax"], medians[f]
+            row.append(f"{theirs / mine:.2f}x" if mine is not None and theirs is not None else "-")
         row += [f"{flax.images_per_s:,.0f}" if flax else "-", f"{flax.first_call_s:.1f}" if flax else "-"]
         if "torch.compile" in frameworks:
             compiled = runs.get("torch.compile")
             row.append(f"{compiled.first_call_s:.1f}" if compiled and not compiled.error else "-")
         if len(head) > len(row):
             for f in ("flax", "torch"):
-                r = runs.get(f)
-                pct = f" ({r.peak_fraction:.0%})" if r and r.peak_fraction else ""
-                row.append(f"{r.gbps:,.0f}{pct}" if r and r.gbps else "")
+                run = runs.get(f)
+                pct = f" ({run.peak_fraction:.0%})" if run and run.peak_fraction else ""
+                row.append(f"{run.gbps:,.0f}{pct}" if run and run.gbps else "")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -367,7 +367,8 @@ def _timm_config(model: Any) -> MobileNetConfig:
                           se_gate=_act_name(blk.se.gate, where + ".se"))  # fmt: skip
             if name == "DepthwiseSeparableConv":
                 dw, pw = r.conv(blk.conv_dw, where), r.conv(blk.conv_pw, where)
-                r.bn(blk.bn1, where), r.bn(blk.bn2, where)
+                r.bn(blk.bn1, where)
+                r.bn(blk.bn2, where)
                 act, pw_act = _act_name(blk.bn1.act, where), _act_name(blk.bn2.act, where)
                 if pw_act not in ("identity", act):
                     raise ConversionError(f"{where}: pointwise activation {pw_act} differs from {act}")
@@ -394,7 +395,8 @@ def _timm_config(model: Any) -> MobileNetConfig:
             blocks.append(block)
         stages.append(tuple(blocks))
 
-    head, head_channels, head_act, head_bias = "none", 0, "relu", False
+    head: Literal["none", "pre_pool", "post_pool"] = "none"
+    head_channels, head_act, head_bias = 0, "relu", False
     if type(model.conv_head).__name__ != "Identity":
         h = r.conv(model.conv_head, "conv_head")
         head_channels, head_bias = h["out"], h["bias"]
@@ -549,6 +551,7 @@ def _describe(model: Any) -> _Described:
     if origin == "torch_ref":
         cfg = model.config
         _check_torch_ref(model, cfg)
+        flax: nn.Module
         if cls.__name__ == "DSConv":
             flax = seed_dsconv(cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"])
             return _Described("dsconv", "torch_ref", flax, cfg["in_channels"], _seed)

@@ -58,7 +58,7 @@ def _pair(v: int | Sequence[int], name: str = "value") -> tuple[int, int]:
         t = ()
     if len(t) != 2 or isinstance(v, bool) or min(t) < 1:
         raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t[0], t[1]
 
 
 def _vary_like(x: Array, *arrays: Array) -> tuple[Array, ...]:
@@ -99,7 +99,8 @@ def _existing_kernel_shape(module: nn.Module) -> tuple[int, ...] | None:
 
 
 def _where(module: nn.Module) -> str:
-    return f"{type(module).__name__} '{'/'.join(module.scope.path)}'"
+    path = module.scope.path if module.scope is not None else ()
+    return f"{type(module).__name__} '{'/'.join(path)}'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,13 +258,12 @@ def _shifted_taps(x: Array, kernel: Array, strides: tuple[int, int], dilation: t
     out_h = _out_size(x.shape[1], (kh, strides[0], dilation[0], 0, 0))
     out_w = _out_size(x.shape[2], (kw, strides[1], dilation[1], 0, 0))
     dtype, acc = jnp.result_type(x, kernel), jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = _tap(x, i * dilation[0], j * dilation[1], out_h, out_w, strides)
-            term = tap.astype(acc) * kernel[i, j, 0].astype(acc)
-            y = term if y is None else y + term
-    return y.astype(dtype)
+    terms = (
+        _tap(x, i * dilation[0], j * dilation[1], out_h, out_w, strides).astype(acc) * kernel[i, j, 0].astype(acc)
+        for i in range(kh)
+        for j in range(kw)
+    )
+    return functools.reduce(jnp.add, terms).astype(dtype)
 
 
 def _tap(x: Array, row: int, col: int, out_h: int, out_w: int, strides: tuple[int, int]) -> Array:
@@ -354,7 +354,8 @@ def _kernel_grad(x: Array, g: Array, rows: _Axis, cols: _Axis) -> Array:
     sums = []
     for out_rows, out_cols, slab in _regions(x, rows, cols):
         window = g[:, out_rows, out_cols]
-        taps = (_tap(slab, i * dh, j * dw, *window.shape[1:3], (sh, sw)) for i in range(kh) for j in range(kw))
+        out_h, out_w = window.shape[1], window.shape[2]
+        taps = (_tap(slab, i * dh, j * dw, out_h, out_w, (sh, sw)) for i in range(kh) for j in range(kw))
         sums.append(jnp.stack(_channel_sums(*(window * tap for tap in taps))))
     return functools.reduce(jnp.add, sums)
 

@@ -143,7 +143,7 @@ class MobileNet(nn.Module):
 
     def _block(self, b: BlockConfig, name: str) -> nn.Module:
         c = self.config
-        common = dict(
+        common: dict[str, Any] = dict(
             strides=b.stride,
             dilation=b.dilation,
             padding=c.padding,
@@ -220,7 +220,7 @@ def mobilenet_v1(
     >>> variables = model.init(jax.random.key(0), jnp.ones((1, 160, 160, 3)))
     """
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
-    kind = "ds" if separable else "conv"
+    kind: Literal["ds", "conv"] = "ds" if separable else "conv"
     stages = tuple(
         tuple(BlockConfig(kind, ch(c), kernel_size=3, stride=s, act=act, pw_act=separable) for c, s in stage)
         for stage in _V1_TABLE
@@ -315,7 +315,8 @@ class Bneck:
     stride: int
 
 
-_RE, _HS = "relu", "hard_swish"
+_RE: Literal["relu"] = "relu"
+_HS: Literal["hard_swish"] = "hard_swish"
 
 # MobileNetV3-Large, Table 1; one tuple per stage (the last stage is the one dilation/reduced_tail alter).
 _V3_LARGE: tuple[tuple[Bneck, ...], ...] = (

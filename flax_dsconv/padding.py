@@ -37,7 +37,9 @@ def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: 
         if padding.upper() in ("SAME", "VALID"):
             return padding.upper()
         raise ValueError(f"unknown padding mode {padding!r}; expected one of {_MODES}, an int or pairs")
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    if isinstance(padding, bool):  # an int to Python, but never meant as a padding
+        raise ValueError(f"padding must be a mode {_MODES}, an int or pairs, got {padding!r}")
+    if isinstance(padding, int):
         if padding < 0:
             raise ValueError(f"padding must be non-negative, got {padding}")
         return tuple((padding, padding) for _ in kernel_size)

@@ -46,7 +46,7 @@ from flax_dsconv.padding import output_size as _out_size
 try:  # Triton-specific loads and stores with masks; absent from some jaxlib builds
     from jax.experimental.pallas import triton as plgpu
 except ImportError:  # pragma: no cover - depends on the installed jaxlib
-    plgpu = None
+    plgpu = None  # type: ignore[assignment]
 
 Array = jax.Array
 _INT32_LIMIT = 2**31 - 1
@@ -160,8 +160,8 @@ def _is_unit(geom: Geometry) -> bool:
 def _divmod(a: Array, b: int) -> tuple[Array, Array]:
     """``a // b`` and ``a % b`` for non-negative int ``a``, as ``lax.div``/``lax.rem`` (what Triton lowers; ``//``
     and ``%`` add a sign fix-up it does not) with ``b`` in ``a``'s dtype (a Python int is int64 under x64)."""
-    b = jnp.asarray(b, a.dtype)
-    return jax.lax.div(a, b), jax.lax.rem(a, b)
+    divisor = jnp.asarray(b, a.dtype)
+    return jax.lax.div(a, divisor), jax.lax.rem(a, divisor)
 
 
 def _taps(index: Array, size: int, bound: int, geom: Geometry, tap: int) -> tuple[Array, Array]:
@@ -250,6 +250,7 @@ def gather_correlate(
     if isinstance(tiles, RowTiles) and not unit:
         raise ValueError(f"RowTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
     common = dict(in_hw=(height, width), out_hw=out_hw, channels=channels, row_geom=row_geom, col_geom=col_geom)
+    grid: tuple[int, ...]
     if unit and not isinstance(tiles, BlockTiles):
         tiles = tiles or default_row_tiles(out_h, out_w * channels)
         row_blocks = pl.cdiv(out_h, tiles.rows)
@@ -258,11 +259,11 @@ def gather_correlate(
         weights = jnp.tile(taps, (1, out_w))  # repeated along the row: each program loads contiguous vectors
         name = "depthwise_correlate_rows"
     else:
-        tiles = tiles or default_block_tiles(out_h, out_w, channels)
-        row_blocks = pl.cdiv(out_h, tiles.rows)
-        kernel = functools.partial(_block_correlate_kernel, tiles=tiles, row_blocks=row_blocks, **common)
-        grid = (batch * row_blocks, pl.cdiv(out_w, tiles.cols), pl.cdiv(channels, tiles.chans))
-        weights, name = taps, "depthwise_correlate_blocks"
+        block = tiles if isinstance(tiles, BlockTiles) else default_block_tiles(out_h, out_w, channels)
+        row_blocks = pl.cdiv(out_h, block.rows)
+        kernel = functools.partial(_block_correlate_kernel, tiles=block, row_blocks=row_blocks, **common)
+        grid = (batch * row_blocks, pl.cdiv(out_w, block.cols), pl.cdiv(channels, block.chans))
+        weights, name, tiles = taps, "depthwise_correlate_blocks", block
     out_shape = jax.ShapeDtypeStruct((batch * out_h * out_w * channels,), x.dtype)
     out = _pallas(kernel, out_shape, grid, tiles.warps, 1, interpret, name)(x.reshape(-1), weights.reshape(-1))
     return out.reshape(batch, out_h, out_w, channels)
@@ -348,6 +349,7 @@ def kernel_grad(
     if isinstance(tiles, RowGradTiles) and not unit:
         raise ValueError(f"RowGradTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
     common = dict(in_hw=(height, width), out_hw=(out_h, out_w), channels=channels, row_geom=row_geom, col_geom=col_geom)
+    grid: tuple[int, ...]
     if unit and not isinstance(tiles, BlockTiles):
         tiles = tiles or default_row_grad_tiles(out_w * channels, taps)
         groups = pl.cdiv(batch, tiles.images)
@@ -355,10 +357,14 @@ def kernel_grad(
         grid, stages = (groups, pl.cdiv(out_w * channels, tiles.width)), 2
         partial_shape, name = (groups, taps, out_w, channels), "depthwise_kernel_grad_rows"
     else:
-        tiles = tiles or BlockTiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
-        col_blocks = pl.cdiv(out_w, tiles.cols)
-        kernel = functools.partial(_block_kernel_grad_kernel, tiles=tiles, **common)
-        grid, stages = (batch, col_blocks, pl.cdiv(channels, tiles.chans)), 1
+        block = (
+            tiles
+            if isinstance(tiles, BlockTiles)
+            else BlockTiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
+        )
+        col_blocks = pl.cdiv(out_w, block.cols)
+        kernel = functools.partial(_block_kernel_grad_kernel, tiles=block, **common)
+        grid, stages, tiles = (batch, col_blocks, pl.cdiv(channels, block.chans)), 1, block
         partial_shape, name = (batch * col_blocks, taps, 1, channels), "depthwise_kernel_grad_blocks"
     out_shape = jax.ShapeDtypeStruct((math.prod(partial_shape),), jnp.float32)
     partial_sums = _pallas(kernel, out_shape, grid, tiles.warps, stages, interpret, name)(x.reshape(-1), g.reshape(-1))

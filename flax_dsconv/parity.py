@@ -50,7 +50,7 @@ def randomize_batchnorm(model: Any, example: Any, seed: int = 0) -> Any:
         model(x)
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
-            bn.running_var.clamp_(min=0.05)
+            bn.running_var.clamp_(min=0.05)  # type: ignore[union-attr]  # BatchNorm2d tracks statistics
     return model.eval()
 
 

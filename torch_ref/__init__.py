@@ -151,7 +151,7 @@ class MobileNetV1(nn.Module):
         self.act = _act(act)
         stages = []
         for stage in _TABLE_1:
-            layers = []
+            layers: list[nn.Module] = []
             for c, s in stage:
                 out = _make_divisible(c * width_multiplier)
                 if separable:
