@@ -405,9 +405,12 @@ def format_table(results: Sequence[Result]) -> str:
         medians = {f: _median(runs.get(f)) for f in frameworks}
         row += [f"{m * 1e3:.1f}" if (m := medians[f]) is not None else "error" for f in frameworks]
         for f in frameworks[1:]:
-            mine, theirs = medians["flax"], medians[f]
+            mine, theirs = medians.get("flax"), medians[f]
             row.append(f"{theirs / mine:.2f}x" if mine is not None and theirs is not None else "-")
-        row += [f"{flax.images_per_s:,.0f}" if flax else "-", f"{flax.first_call_s:.1f}" if flax else "-"]
+        if flax is not None and flax.first_call_s is not None and not flax.error:
+            row += [f"{flax.images_per_s:,.0f}", f"{flax.first_call_s:.1f}"]
+        else:
+            row += ["-", "-"]
         if "torch.compile" in frameworks:
             compiled = runs.get("torch.compile")
             row.append(f"{compiled.first_call_s:.1f}" if compiled and not compiled.error else "-")

@@ -36,18 +36,18 @@ def _run_fields(module: nn.Module) -> dict[str, Any]:
     return fields
 
 
-def _in_channels(module: nn.Module, variables: Any) -> int:
-    if isinstance(module, MobileNet):
-        return module.config.in_channels
-    kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")  # DepthwiseSeparableConv: multiplier 1
-    if kernel is None:
-        raise ValueError("variables have no params/conv_dw/kernel: not a DepthwiseSeparableConv's")
-    return int(np.shape(kernel)[-1])
-
-
 def _check_fits(module: nn.Module, variables: Any, where: str) -> None:
     """Refuse ``variables`` unless they hold exactly what ``module`` uses (keys, collections, shapes)."""
-    problems = misfits(abstract_variables(module, _in_channels(module, variables)), variables)
+    if isinstance(module, MobileNet):
+        in_channels, size = module.config.in_channels, 64
+    else:  # a DepthwiseSeparableConv (depth multiplier 1): its input channels are its depthwise kernel's
+        kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+        if kernel is None or np.ndim(kernel) != 4:
+            found = "missing" if kernel is None else f"of shape {np.shape(kernel)}"
+            raise ValueError(f"{where}: the variables do not fit DepthwiseSeparableConv: params/conv_dw/kernel {found}")
+        in_channels = int(np.shape(kernel)[-1])
+        size = max(64, (module.kernel_size - 1) * module.dilation + 1)  # an input its window fits in
+    problems = misfits(abstract_variables(module, in_channels, size), variables)
     if problems:
         raise ValueError(f"{where}: the variables do not fit {type(module).__name__}: {listed(problems)}")
 

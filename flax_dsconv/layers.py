@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from flax_dsconv.padding import Axis as _Axis
-from flax_dsconv.padding import PaddingLike, resolve_padding
+from flax_dsconv.padding import PaddingLike, int_index, resolve_padding
 from flax_dsconv.padding import output_size as _out_size
 
 Array = jax.Array
@@ -53,10 +52,10 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def _pair(v: int | Sequence[int], name: str = "value") -> tuple[int, int]:
     """``v`` as a pair of positive ints (kernel sizes, strides, dilations), or a ValueError naming ``name``."""
     try:
-        t = (operator.index(v),) * 2 if not isinstance(v, Sequence) else tuple(operator.index(x) for x in v)
+        t = (int_index(v),) * 2 if not isinstance(v, Sequence) else tuple(int_index(x) for x in v)
     except TypeError:
         t = ()
-    if len(t) != 2 or isinstance(v, bool) or min(t) < 1:
+    if len(t) != 2 or min(t) < 1:
         raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
     return t[0], t[1]
 

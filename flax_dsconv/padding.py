@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 PaddingLike = str | int | Sequence[tuple[int, int]]
 ResolvedPadding = str | tuple[tuple[int, int], ...]
@@ -26,6 +27,13 @@ _MODES = ("torch", "SAME", "VALID")
 def torch_symmetric_padding(kernel_size: int, dilation: int = 1) -> int:
     """Per-side padding that keeps the size at stride 1, as ``nn.Conv2d(padding=...)`` in torchvision."""
     return dilation * (kernel_size - 1) // 2
+
+
+def int_index(v: Any) -> int:
+    """``operator.index(v)``, refusing bools (ints to Python, never meant as sizes)."""
+    if isinstance(v, bool):
+        raise TypeError(f"{v!r} is a bool")
+    return operator.index(v)
 
 
 def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: Sequence[int]) -> ResolvedPadding:
@@ -45,8 +53,8 @@ def resolve_padding(padding: PaddingLike, kernel_size: Sequence[int], dilation: 
         return tuple((padding, padding) for _ in kernel_size)
     expected = f"explicit padding must be {len(kernel_size)} (low, high) pairs of non-negative ints, got {padding!r}"
     try:
-        pairs = tuple(tuple(operator.index(v) for v in pair) for pair in padding)
-    except TypeError:  # not iterable, or a float / non-integer entry
+        pairs = tuple(tuple(int_index(v) for v in pair) for pair in padding)
+    except TypeError:  # not iterable, or a float / bool / non-integer entry
         raise ValueError(f"padding must be a mode {_MODES}, an int or pairs; {expected}") from None
     if len(pairs) != len(kernel_size) or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
         raise ValueError(expected)

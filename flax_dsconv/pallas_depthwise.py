@@ -247,6 +247,8 @@ def gather_correlate(
     batch, height, width, channels = x.shape
     out_h, out_w = out_hw
     unit = _is_unit(row_geom) and _is_unit(col_geom)
+    if tiles is not None and not isinstance(tiles, RowTiles | BlockTiles):
+        raise TypeError(f"tiles must be RowTiles or BlockTiles, got {type(tiles).__name__}")
     if isinstance(tiles, RowTiles) and not unit:
         raise ValueError(f"RowTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
     common = dict(in_hw=(height, width), out_hw=out_hw, channels=channels, row_geom=row_geom, col_geom=col_geom)
@@ -346,6 +348,8 @@ def kernel_grad(
     _, out_h, out_w, _ = g.shape
     taps = len(row_geom.b) * len(col_geom.b)
     unit = _is_unit(row_geom) and _is_unit(col_geom)
+    if tiles is not None and not isinstance(tiles, RowGradTiles | BlockTiles):
+        raise TypeError(f"tiles must be RowGradTiles or BlockTiles, got {type(tiles).__name__}")
     if isinstance(tiles, RowGradTiles) and not unit:
         raise ValueError(f"RowGradTiles need unit-stride geometries, got {row_geom} and {col_geom}; use BlockTiles")
     common = dict(in_hw=(height, width), out_hw=(out_h, out_w), channels=channels, row_geom=row_geom, col_geom=col_geom)

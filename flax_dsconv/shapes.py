@@ -11,9 +11,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 
-def abstract_variables(module: nn.Module, in_channels: int) -> dict[str, Any]:
-    """What ``module.init`` creates for ``in_channels``-channel NHWC input, as shapes and dtypes (nothing runs)."""
-    x = jax.ShapeDtypeStruct((1, 64, 64, in_channels), jnp.float32)
+def abstract_variables(module: nn.Module, in_channels: int, size: int = 64) -> dict[str, Any]:
+    """What ``module.init`` creates for a ``size``x``size`` NHWC input of ``in_channels`` channels, as shapes and
+    dtypes (nothing runs; the variables do not depend on ``size`` once it covers the module's windows)."""
+    x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
     return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
 
 
@@ -32,9 +33,10 @@ def misfits(expected: Any, given: Any) -> list[str]:
 
 
 def _subtrees(keys: Any, other: Any) -> list[str]:
-    """Each of ``keys`` (flattened paths) shortened to its first prefix that ``other`` has no key under."""
+    """Each of ``keys`` (flattened paths) shortened to its first prefix that ``other`` has no key under (the whole
+    path where ``other`` has an array at a prefix of it, or a subtree below it)."""
     present = {k[:i] for k in other for i in range(1, len(k) + 1)}
-    roots = {next(k[:i] for i in range(1, len(k) + 1) if k[:i] not in present) for k in keys}
+    roots = {next((k[:i] for i in range(1, len(k) + 1) if k[:i] not in present), k) for k in keys}
     return ["/".join(r) for r in sorted(roots)]
 
 

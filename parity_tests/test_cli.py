@@ -96,7 +96,23 @@ def test_save_refuses_variables_the_module_would_not_use(tmp_path):
     extra = {**block_variables["params"], "head": {"kernel": jax.numpy.ones((16, 3))}}
     with pytest.raises(ValueError, match=r"do not fit DepthwiseSeparableConv: unexpected params/head$"):
         flax_dsconv.save(tmp_path / "c", block, {**block_variables, "params": extra})
+    # A leaf where the module has a subtree (and the reverse) is named, not a StopIteration.
+    flat_pw = {**block_variables["params"], "conv_pw": jax.numpy.ones((1, 1, 4, 16))}
+    with pytest.raises(ValueError, match=r"missing params/conv_pw/kernel, unexpected params/conv_pw$"):
+        flax_dsconv.save(tmp_path / "d", block, {**block_variables, "params": flat_pw})
+    with pytest.raises(ValueError, match="do not fit DepthwiseSeparableConv: params/conv_dw/kernel missing"):
+        flax_dsconv.save(tmp_path / "e", block, {"batch_stats": block_variables["batch_stats"]})
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_save_load_round_trips_a_block_whose_window_exceeds_64_pixels(tmp_path):
+    # The check traces init on an input the block's 73x73 window fits in, not a fixed 64x64.
+    block = flax_dsconv.DepthwiseSeparableConv(8, kernel_size=7, dilation=12, padding="VALID")
+    variables = random_variables(block, jax.numpy.ones((1, 80, 80, 4)))
+    flax_dsconv.save(tmp_path, block, variables)
+    module, loaded = flax_dsconv.load(tmp_path)
+    assert module == block
+    chex.assert_trees_all_equal(loaded, variables)
 
 
 def test_load_names_what_is_missing(tmp_path):
@@ -147,6 +163,14 @@ def test_bench_times_every_workload_in_every_framework_and_reports_json(capsys, 
 def test_bench_knows_each_h100_variants_bandwidth(device_kind, gbps):
     # The PCIe and NVL cards contain "H100" too: the SXM figure would misstate their share of the bandwidth.
     assert bench.peak_gbps(device_kind) == gbps
+
+
+def test_bench_table_shows_failed_and_missing_flax_rows_as_dashes():
+    failed = bench.Result("w", "flax", 2, None, None, 0.0, error="RuntimeError('no GPU')")
+    table = bench.format_table([failed, bench.Result("w", "torch", 2, 0.1, 0.2, 20.0)])
+    assert table.splitlines()[2].split() == ["w", "2", "error", "100.0", "-", "-", "-"]
+    table = bench.format_table([bench.Result("w", "torch", 2, 0.1, 0.2, 20.0)])  # no Flax row at all
+    assert table.splitlines()[2].split() == ["w", "100.0", "-", "-"]
 
 
 def test_bench_table_names_ratios_and_rejects_unknown_models(capsys):

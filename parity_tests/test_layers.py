@@ -366,6 +366,8 @@ def test_dense_conv_rejects_padding_past_its_kernels_reach():
         (lambda: DepthwiseConv(3, padding=1.0), "padding must be a mode"),
         (lambda: DepthwiseConv(3, padding=((-1, -1), (1, 1))), "pairs of non-negative ints"),
         (lambda: PointwiseConv(4, strides=0), "strides must be a positive int"),
+        (lambda: DepthwiseConv(3, strides=(True, 2)), "strides must be a positive int"),  # a bool is no size
+        (lambda: DepthwiseConv(3, padding=((True, False), (1, 1))), "pairs of non-negative ints"),
         (lambda: DepthwiseSeparableConv(4, padding=((-1, -1), (1, 1))), "pairs of non-negative ints"),
     ],
 )

@@ -104,6 +104,11 @@ def test_explicit_tiles_spanning_many_programs_give_the_same_sums():
     with pytest.raises(ValueError, match="RowTiles need unit-stride geometries"):
         strided = pdw._forward_geometry((3, 2, 1, 1, 1))
         pdw.gather_correlate(x, taps, (4, 5), strided, strided, pdw.RowTiles(2, 32), True)
+    # Tiles of the other kernel's kind are refused, not swapped for the defaults.
+    with pytest.raises(TypeError, match="tiles must be RowTiles or BlockTiles, got RowGradTiles"):
+        pdw.gather_correlate(x, taps, (7, 9), rows, cols, pdw.RowGradTiles(32), True)
+    with pytest.raises(TypeError, match="tiles must be RowGradTiles or BlockTiles, got RowTiles"):
+        pdw.kernel_grad(x, g, rows, cols, pdw.RowTiles(2, 32), True)
 
 
 @pytest.mark.parametrize(
