@@ -416,9 +416,9 @@ def format_table(results: Sequence[Result]) -> str:
             row.append(f"{compiled.first_call_s:.1f}" if compiled and not compiled.error else "-")
         if len(head) > len(row):
             for f in ("flax", "torch"):
-                run = runs.get(f)
-                pct = f" ({run.peak_fraction:.0%})" if run and run.peak_fraction else ""
-                row.append(f"{run.gbps:,.0f}{pct}" if run and run.gbps else "")
+                result = runs.get(f)
+                pct = f" ({result.peak_fraction:.0%})" if result and result.peak_fraction else ""
+                row.append(f"{result.gbps:,.0f}{pct}" if result and result.gbps else "")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 

@@ -261,11 +261,11 @@ def gather_correlate(
         weights = jnp.tile(taps, (1, out_w))  # repeated along the row: each program loads contiguous vectors
         name = "depthwise_correlate_rows"
     else:
-        block = tiles if isinstance(tiles, BlockTiles) else default_block_tiles(out_h, out_w, channels)
-        row_blocks = pl.cdiv(out_h, block.rows)
-        kernel = functools.partial(_block_correlate_kernel, tiles=block, row_blocks=row_blocks, **common)
-        grid = (batch * row_blocks, pl.cdiv(out_w, block.cols), pl.cdiv(channels, block.chans))
-        weights, name, tiles = taps, "depthwise_correlate_blocks", block
+        tiles = tiles if isinstance(tiles, BlockTiles) else default_block_tiles(out_h, out_w, channels)
+        row_blocks = pl.cdiv(out_h, tiles.rows)
+        kernel = functools.partial(_block_correlate_kernel, tiles=tiles, row_blocks=row_blocks, **common)
+        grid = (batch * row_blocks, pl.cdiv(out_w, tiles.cols), pl.cdiv(channels, tiles.chans))
+        weights, name = taps, "depthwise_correlate_blocks"
     out_shape = jax.ShapeDtypeStruct((batch * out_h * out_w * channels,), x.dtype)
     out = _pallas(kernel, out_shape, grid, tiles.warps, 1, interpret, name)(x.reshape(-1), weights.reshape(-1))
     return out.reshape(batch, out_h, out_w, channels)
@@ -361,14 +361,11 @@ def kernel_grad(
         grid, stages = (groups, pl.cdiv(out_w * channels, tiles.width)), 2
         partial_shape, name = (groups, taps, out_w, channels), "depthwise_kernel_grad_rows"
     else:
-        block = (
-            tiles
-            if isinstance(tiles, BlockTiles)
-            else BlockTiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
-        )
-        col_blocks = pl.cdiv(out_w, block.cols)
-        kernel = functools.partial(_block_kernel_grad_kernel, tiles=block, **common)
-        grid, stages, tiles = (batch, col_blocks, pl.cdiv(channels, block.chans)), 1, block
+        if not isinstance(tiles, BlockTiles):
+            tiles = BlockTiles(rows=1, cols=min(_next_pow2(out_w), 16), chans=channel_block(channels))
+        col_blocks = pl.cdiv(out_w, tiles.cols)
+        kernel = functools.partial(_block_kernel_grad_kernel, tiles=tiles, **common)
+        grid, stages = (batch, col_blocks, pl.cdiv(channels, tiles.chans)), 1
         partial_shape, name = (batch * col_blocks, taps, 1, channels), "depthwise_kernel_grad_blocks"
     out_shape = jax.ShapeDtypeStruct((math.prod(partial_shape),), jnp.float32)
     partial_sums = _pallas(kernel, out_shape, grid, tiles.warps, stages, interpret, name)(x.reshape(-1), g.reshape(-1))
