@@ -18,7 +18,7 @@ import numpy as np
 from flax import linen as nn
 from flax import serialization
 
-from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv
+from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, separable_in_channels
 from flax_dsconv.mobilenet import MobileNet, MobileNetConfig
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
@@ -38,14 +38,14 @@ def _run_fields(module: nn.Module) -> dict[str, Any]:
 
 def _check_fits(module: nn.Module, variables: Any, where: str) -> None:
     """Refuse ``variables`` unless they hold exactly what ``module`` uses (keys, collections, shapes)."""
+    in_channels: int | None
     if isinstance(module, MobileNet):
         in_channels, size = module.config.in_channels, 64
     else:  # a DepthwiseSeparableConv (depth multiplier 1): its input channels are its depthwise kernel's
-        kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")
-        if kernel is None or np.ndim(kernel) != 4:
-            found = "missing" if kernel is None else f"of shape {np.shape(kernel)}"
-            raise ValueError(f"{where}: the variables do not fit DepthwiseSeparableConv: params/conv_dw/kernel {found}")
-        in_channels = int(np.shape(kernel)[-1])
+        in_channels = separable_in_channels(variables)
+        if in_channels is None:
+            raise ValueError(f"{where}: the variables do not fit DepthwiseSeparableConv: params/conv_dw/kernel missing "
+                             "or not 4-D")  # fmt: skip
         size = max(64, (module.kernel_size - 1) * module.dilation + 1)  # an input its window fits in
     problems = misfits(abstract_variables(module, in_channels, size), variables)
     if problems:

@@ -30,7 +30,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from flax_dsconv import mobilenet
-from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv
+from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv, separable_in_channels
 from flax_dsconv.mobilenet import _V2_TABLE, _V3_LARGE, _V3_SMALL, BlockConfig, MobileNet, MobileNetConfig, mobilenet_v1
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
@@ -716,12 +716,12 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
     if isinstance(module, DepthwiseSeparableConv):
         if source != "torch_ref":
             raise ConversionError(f"{source} has no DepthwiseSeparableConv layout; use source='torch_ref'")
-        channels = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+        channels = separable_in_channels(variables)
         if channels is None:
-            raise ConversionError("exporting a DepthwiseSeparableConv needs its params (conv_dw/kernel)")
+            raise ConversionError("exporting a DepthwiseSeparableConv needs its params (a 4-D conv_dw/kernel)")
         if arch is None:
             arch = "dsconv" if module.use_bias and module.pointwise_padding == 1 else "depthwise_separable"
-        base: dict[str, Any] = dict(in_channels=channels.shape[-1], out_channels=module.features,
+        base: dict[str, Any] = dict(in_channels=channels, out_channels=module.features,
                                     kernel_size=module.kernel_size, stride=module.strides)  # fmt: skip
         if arch == "dsconv":
             base["padding"] = module.padding

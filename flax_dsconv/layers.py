@@ -805,6 +805,13 @@ def add_residual(x: Array, shortcut: Array, skip: bool) -> Array:
     return x + shortcut
 
 
+def separable_in_channels(variables: Any) -> int | None:
+    """A DepthwiseSeparableConv's input channels, read off its variables' 4-D ``params/conv_dw/kernel`` (depth
+    multiplier 1), or None when there is no such kernel."""
+    kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+    return None if kernel is None or jnp.ndim(kernel) != 4 else int(jnp.shape(kernel)[-1])
+
+
 def seed_dsconv(out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1) -> DepthwiseSeparableConv:
     """The seed notebook's ``DSConv(in, out, kernel_size, stride, padding)``, reproduced exactly.
 
