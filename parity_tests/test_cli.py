@@ -215,8 +215,7 @@ def test_convert_reports_bad_input_in_one_line_and_exits_2(tmp_path, capsys, arg
 
 def test_save_keeps_dtype_and_implementation_and_refuses_metadata_that_would_overwrite_them(tmp_path):
     model = flax_dsconv.mobilenet_v1(0.25, num_classes=4, dtype=jax.numpy.bfloat16).clone(depthwise="xla")
-    variables = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.ones((1, 32, 32, 3)))
-    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
+    variables = random_variables(model, jax.numpy.ones((1, 32, 32, 3)))
     flax_dsconv.save(tmp_path / "m", model, variables, note="kept")
     loaded, _ = flax_dsconv.load(tmp_path / "m")
     assert jax.numpy.dtype(loaded.dtype) == jax.numpy.bfloat16

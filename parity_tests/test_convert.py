@@ -462,7 +462,6 @@ def test_layers_changed_after_construction_are_refused_not_converted(build, matc
 @pytest.mark.parametrize("width", [0.35, 0.5, 1.25])
 def test_export_finds_torchvisions_width_multiplier_from_the_rounded_channels(width):
     module = mobilenet_v3_large(width, reduced_tail=True)
-    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+    variables = random_variables(module, jnp.ones((1, 32, 32, 3)))
     exported = to_torch_state_dict(module, variables, source="torchvision", reduced_tail=True)
     tv.mobilenet_v3_large(width_mult=width, reduced_tail=True).load_state_dict(exported, strict=True)
