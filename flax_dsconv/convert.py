@@ -783,16 +783,15 @@ def _torchvision_width(module: MobileNet, arch: str, kwargs: dict[str, Any]) -> 
 def _check_same_computation(module: nn.Module, target: nn.Module, what: str) -> None:
     ours, theirs = _computation(module), _computation(target)
     diffs = [
-        f"  {k}: Flax {ours.get(k)!r}, torch {theirs.get(k)!r}"
+        f"{k}: Flax {ours.get(k)!r}, torch {theirs.get(k)!r}"
         for k in {**ours, **theirs}
         if ours.get(k) != theirs.get(k)
     ]
     if diffs:
         raise ConversionError(
             f"the Flax module does not compute what {what} computes ({len(diffs)} differences; not compared: "
-            f"{_NOT_COMPARED}):\n"
-            + "\n".join(diffs[:12])
-            + ("\n  ..." if len(diffs) > 12 else "")
+            f"{_NOT_COMPARED}):\n  "
+            + listed(diffs, sep="\n  ")
             + "\nPass model= (the torch module to load into), or the torch constructor's arguments as keywords."
         )
 

@@ -40,6 +40,6 @@ def _subtrees(keys: Any, other: Any) -> list[str]:
     return ["/".join(r) for r in sorted(roots)]
 
 
-def listed(items: list[str], limit: int = 12) -> str:
-    """``items`` joined with commas, the first ``limit`` of them and a count of the rest."""
-    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+def listed(items: list[str], limit: int = 12, sep: str = ", ") -> str:
+    """The first ``limit`` of ``items`` joined with ``sep``, and a count of the rest."""
+    return sep.join(items[:limit]) + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
