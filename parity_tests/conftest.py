@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import jax
@@ -9,9 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-from flax_dsconv.parity import ATOL, randomize_batchnorm, to_nchw, to_nhwc
+from flax_dsconv.parity import FACTOR, FLOOR, bound, randomize_batchnorm, relative_error, to_nchw, to_nhwc
 
-__all__ = ["ATOL", "assert_close", "photo_batch", "random_variables", "randomize_batchnorm", "to_nchw", "to_nhwc"]
+__all__ = [
+    "FACTOR",
+    "FLOOR",
+    "assert_as_close_as_torch",
+    "assert_close",
+    "bound",
+    "channels_last",
+    "photo_batch",
+    "random_variables",
+    "randomize_batchnorm",
+    "relative_error",
+    "to_nchw",
+    "to_nhwc",
+]
+
+# Every fp32 comparison with PyTorch follows one rule, referenced to float64: per tensor, Flax's fp32 error
+# against the float64 result is at most max(FLOOR[kind], FACTOR x PyTorch fp32's own error against it), errors
+# relative to the tensor's norm (flax_dsconv.parity holds FLOOR, FACTOR and relative_error, since
+# `flax-dsconv parity` applies the same rule). Fixed absolute bounds remain only where no fp32 rounding is
+# involved (conversions, exact equalities) or where both sides are computed by the same code.
+ATOL = 1e-5  # plain fp32 layer checks against PyTorch, on O(1) values (assert_close)
 
 # pytest runs the suite in 2 pytest-xdist workers (pyproject's addopts), one per core of the 2-core CI machine, and
 # each worker gets one torch thread: with two each, the workers' OpenMP threads outnumber the cores and every
@@ -27,6 +48,41 @@ def assert_close(got, expected, atol: float = ATOL) -> None:
     expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
     assert got.shape == expected.shape, f"shape {got.shape} != {expected.shape}"
     np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def assert_as_close_as_torch(kind: str, flax: dict, torch32: dict | list[dict], exact: dict, label: str = "") -> str:
+    """Apply the rule to every tensor of ``flax`` (fp32 results by name) against ``exact`` (float64), with
+    ``torch32`` (PyTorch's fp32 results, or a list of them, one per memory format: the largest error counts)
+    setting each bound; tensors whose exact value is 0 (a BatchNorm bias
+    that only feeds train-mode BatchNorms) are measured against the largest tensor's norm. Returns a one-line
+    summary of the tensor nearest its bound."""
+    runs = torch32 if isinstance(torch32, list) else [torch32]
+    assert all(flax.keys() == exact.keys() == run.keys() for run in runs), (
+        f"{label}: names differ: {sorted(flax.keys() ^ exact.keys())} {[sorted(r.keys() ^ exact.keys()) for r in runs]}"
+    )
+    scale = max(float(np.linalg.norm(np.asarray(v))) for v in exact.values())
+    rows = []
+    for k in exact:
+        own = float(np.linalg.norm(np.asarray(exact[k])))
+        s = own if own > 1e-10 * scale else scale
+        flax_err = relative_error(flax[k], exact[k], s)
+        torch_err = max(relative_error(run[k], exact[k], s) for run in runs)
+        rows.append((flax_err / bound(kind, torch_err), k, flax_err, torch_err))
+    ratio, k, flax_err, torch_err = max(rows)
+    summary = (f"{label}: nearest its bound ({ratio:.2f} of it) {k}: flax {flax_err:.2e}, torch {torch_err:.2e} "
+               f"(bound {bound(kind, torch_err):.2e}); worst flax {max(r[2] for r in rows):.2e}, "
+               f"worst torch {max(r[3] for r in rows):.2e}")  # fmt: skip
+    failed = [f"{k}: flax {f:.2e}, torch {t:.2e}" for r, k, f, t in sorted(rows, reverse=True) if r > 1]
+    assert not failed, f"{label}: {kind} errors beyond max({FLOOR[kind]:g}, {FACTOR:g}x torch's): " + "; ".join(
+        failed[:8]
+    )
+    return summary
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` in PyTorch's channels_last memory format (other CPU kernels, other rounding); feed it
+    ``x.to(memory_format=torch.channels_last)``."""
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
 def random_variables(module, x, seed: int = 0, fan: str = "in") -> dict:

@@ -21,7 +21,9 @@ def test_parity_prints_every_row_and_exits_zero(capsys):
 
 
 def test_parity_exits_nonzero_when_a_row_fails(capsys, monkeypatch):
-    monkeypatch.setattr(parity, "ATOL", 0.0)  # nothing matches to the last bit: every row must fail
+    # A bound of 0: no fp32 result equals float64's to the last bit, so every row must fail.
+    monkeypatch.setattr(parity, "FACTOR", 0.0)
+    monkeypatch.setitem(parity.FLOOR, "output", 0.0)
     assert cli.main(["parity", "--models", "DSConv (seed)", "--json"]) == 1
     rows = json.loads(capsys.readouterr().out)
     assert [r["ok"] for r in rows] == [False]
