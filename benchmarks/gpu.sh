@@ -38,7 +38,7 @@ if [ "${GPU_PARITY:-0}" = 1 ]; then
 fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
-from flax_dsconv.bench import Result, format_table
+from flax_dsconv.tools.bench import Result, format_table
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     try:
         report = json.loads(path.read_text())

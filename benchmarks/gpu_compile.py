@@ -30,8 +30,7 @@ def measure(batch: int, steps: int, depthwise: str) -> dict:
     import numpy as np
     import torchvision
 
-    from flax_dsconv import optim, train
-    from flax_dsconv.convert import from_torch
+    from flax_dsconv import from_torch, optim, train
 
     module, variables = from_torch(torchvision.models.mobilenet_v2())
     module = module.clone(dtype=jnp.bfloat16, depthwise=depthwise)

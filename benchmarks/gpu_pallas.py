@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_dsconv import pallas_depthwise as pdw
-from flax_dsconv.bench import peak_gbps
+from flax_dsconv.ops import pallas as pdw
+from flax_dsconv.tools.bench import peak_gbps
 
 
 def log(*args) -> None:
@@ -190,7 +190,7 @@ def layer(rng, out: list, peak: float | None, n: int, h: int, w: int, c: int, s:
         log(f"{tag} torch failed: {type(e).__name__}: {str(e)[:200]}")
     taps = kern.reshape(9, c)
     spec = (3, s, 1, 1, 1)
-    fwd_geom, dx_geom = pdw._forward_geometry(spec), pdw._input_grad_geometry(spec)
+    fwd_geom, dx_geom = pdw.forward_geometry(spec), pdw.input_grad_geometry(spec)
     unit = s == 1  # unit stride runs the flattened-row kernels (RowTiles), others the channel blocks (Tiles)
     sweeps = SWEEPS["row" if unit else "block"] if sweep else {"fwd": [], "dx": [], "dk": []}
     make, make_dk = (pdw.RowTiles, pdw.RowGradTiles) if unit else (pdw.BlockTiles, pdw.BlockTiles)
@@ -206,10 +206,10 @@ def layer(rng, out: list, peak: float | None, n: int, h: int, w: int, c: int, s:
     for tiles in (None, *(make_dk(*t) for t in sweeps["dk"])):
         dk = jax.jit(lambda x, g, tiles=tiles: pdw.kernel_grad(x, g, fwd_geom, fwd_geom, tiles))
         attempt(f"pallas dk {tiles and tuple(tiles)}", dk, x, g)
-    from flax_dsconv import layers as flax_layers
+    import flax_dsconv
 
     for impl in ("xla", "pallas"):
-        mod = flax_layers.DepthwiseConv(3, strides=s, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, implementation=impl)
+        mod = flax_dsconv.DepthwiseConv(3, strides=s, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, implementation=impl)
         variables = {"params": {"kernel": kern}}
 
         def loss(x, v, mod=mod):
@@ -238,8 +238,7 @@ SWEEPS = {
 def v2_state(depthwise: str, batch: int):
     import torchvision
 
-    from flax_dsconv import optim, train
-    from flax_dsconv.convert import from_torch
+    from flax_dsconv import from_torch, optim, train
 
     module, variables = from_torch(torchvision.models.mobilenet_v2())
     module = module.clone(dtype=jnp.bfloat16, depthwise=depthwise)

@@ -27,7 +27,7 @@ import torch
 import torchvision
 
 from flax_dsconv import from_torch, to_torch_state_dict
-from flax_dsconv.digits import load_digits_data
+from flax_dsconv.tools.digits import load_digits_data
 from flax_dsconv.train import cross_entropy
 
 HEAD = ("conv_head", "classifier")  # Flax names of torchvision's classifier.0 / classifier.3

@@ -24,7 +24,7 @@ from flax import linen as nn
 from flax import nnx
 
 import flax_dsconv
-from flax_dsconv.digits import load_digits_data
+from flax_dsconv.tools.digits import load_digits_data
 from flax_dsconv.train import cross_entropy
 
 

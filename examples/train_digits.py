@@ -8,7 +8,7 @@ Same as `flax-dsconv train`. Writes runs/digits/checkpoints/, history.json and c
 
 import argparse
 
-from flax_dsconv.digits import train_digits
+from flax_dsconv.tools.digits import train_digits
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,6 +2,6 @@
 
 import sys
 
-from flax_dsconv.cli import main
+from flax_dsconv.tools.cli import main
 
 sys.exit(main())

@@ -18,8 +18,8 @@ import numpy as np
 from flax import linen as nn
 from flax import serialization
 
-from flax_dsconv.layers import BatchNormConfig, DepthwiseSeparableConv, separable_in_channels
-from flax_dsconv.mobilenet import MobileNet, MobileNetConfig
+from flax_dsconv.models import MobileNet, MobileNetConfig
+from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, separable_in_channels
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
 FORMAT_VERSION = 1

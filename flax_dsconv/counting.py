@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_dsconv.layers import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn import DepthwiseConv, PointwiseConv
 
 
 def count_params(variables: Any) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flax_dsconv.parity import FACTOR, FLOOR, bound, randomize_batchnorm, relative_error, to_nchw, to_nhwc
+from flax_dsconv.tools.parity import FACTOR, FLOOR, bound, randomize_batchnorm, relative_error, to_nchw, to_nhwc
 
 __all__ = [
     "FACTOR",
@@ -29,7 +29,7 @@ __all__ = [
 
 # Every fp32 comparison with PyTorch follows one rule, referenced to float64: per tensor, Flax's fp32 error
 # against the float64 result is at most max(FLOOR[kind], FACTOR x PyTorch fp32's own error against it), errors
-# relative to the tensor's norm (flax_dsconv.parity holds FLOOR, FACTOR and relative_error, since
+# relative to the tensor's norm (flax_dsconv.tools.parity holds FLOOR, FACTOR and relative_error, since
 # `flax-dsconv parity` applies the same rule). Fixed absolute bounds remain only where no fp32 rounding is
 # involved (conversions, exact equalities) or where both sides are computed by the same code.
 ATOL = 1e-5  # plain fp32 layer checks against PyTorch, on O(1) values (assert_close)

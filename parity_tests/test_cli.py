@@ -11,7 +11,7 @@ import torchvision
 from conftest import random_variables, randomize_batchnorm, to_nhwc
 
 import flax_dsconv
-from flax_dsconv import bench, cli, parity
+from flax_dsconv.tools import bench, cli, parity
 
 
 def test_parity_prints_every_row_and_exits_zero(capsys):
@@ -237,7 +237,7 @@ def test_train_rejects_settings_that_cannot_train(tmp_path, capsys):
 
 
 def test_bench_inference_rows_run_eval_mode_models_on_the_inference_batch():
-    from flax_dsconv import bench
+    from flax_dsconv.tools import bench
 
     settings = bench.Settings(train_batch=2, infer_batch=3, resolution=32, models=("mobilenet_v3_small",), repeats=1)
     device, dtype, _ = bench._torch_setup(settings)

@@ -23,8 +23,8 @@ from flax_dsconv import (
     from_torch,
     seed_dsconv,
 )
-from flax_dsconv.layers import pad_for_depthwise
-from flax_dsconv.padding import resolve_padding
+from flax_dsconv.ops.depthwise import pad_for_depthwise
+from flax_dsconv.ops.padding import resolve_padding
 
 
 def conv_params(conv: torch.nn.Conv2d) -> dict:
@@ -347,7 +347,7 @@ def test_model_rejects_bad_input(x, error, match):
 
 
 def test_dense_conv_rejects_padding_past_its_kernels_reach():
-    from flax_dsconv.layers import full_conv
+    from flax_dsconv.nn import full_conv
 
     assert full_conv(8, 3, padding=((2, 2), (0, 2))).padding == ((2, 2), (0, 2))  # at the reach: fine
     with pytest.raises(ValueError, match=r"padding \(\(3, 0\), \(0, 0\)\) reaches past the 3x3 kernel's \(2, 2\)"):

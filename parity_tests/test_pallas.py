@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_dsconv import DepthwiseConv, layers
-from flax_dsconv import pallas_depthwise as pdw
+from flax_dsconv import DepthwiseConv
+from flax_dsconv.ops import depthwise as depthwise_ops
+from flax_dsconv.ops import pallas as pdw
+from flax_dsconv.ops.depthwise import pallas_serves
+from flax_dsconv.ops.padding import window_axes
 
 
 def xla_depthwise(x, kernel, strides, padding, dilation):
@@ -90,7 +93,7 @@ def test_explicit_tiles_spanning_many_programs_give_the_same_sums():
     shape, kernel, padding = (3, 7, 9, 20), (3, 3), ((1, 1), (1, 1))
     rng, x, w = draw(shape, kernel, seed=1)
     row_spec, col_spec = specs(kernel, (1, 1), (1, 1), padding)
-    rows, cols = pdw._forward_geometry(row_spec), pdw._forward_geometry(col_spec)
+    rows, cols = pdw.forward_geometry(row_spec), pdw.forward_geometry(col_spec)
     taps = w.reshape(9, shape[-1])
     y_ref, vjp_ref = jax.vjp(lambda w: xla_depthwise(x, w, (1, 1), padding, (1, 1)), w)
     g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
@@ -102,7 +105,7 @@ def test_explicit_tiles_spanning_many_programs_give_the_same_sums():
         dw = jax.jit(lambda x, g, tiles=tiles: pdw.kernel_grad(x, g, rows, cols, tiles, True))(x, g)
         np.testing.assert_allclose(dw, dw_ref, atol=1e-5, rtol=1e-5, err_msg=str(tiles))
     with pytest.raises(ValueError, match="RowTiles need unit-stride geometries"):
-        strided = pdw._forward_geometry((3, 2, 1, 1, 1))
+        strided = pdw.forward_geometry((3, 2, 1, 1, 1))
         pdw.gather_correlate(x, taps, (4, 5), strided, strided, pdw.RowTiles(2, 32), True)
     # Tiles of the other kernel's kind are refused, not swapped for the defaults.
     with pytest.raises(TypeError, match="tiles must be RowTiles or BlockTiles, got RowGradTiles"):
@@ -120,7 +123,7 @@ def test_depthwise_conv_pallas_path_equals_xla(monkeypatch, kernel, strides, pad
     # through the interpreter: on a CPU backend 'pallas' is refused, so both hooks are stood in for here.
     original = pdw.depthwise
     monkeypatch.setattr(pdw, "depthwise", lambda x, w, rows, cols: original(x, w, rows, cols, True))
-    monkeypatch.setattr(layers, "resolve_depthwise", lambda implementation: implementation)
+    monkeypatch.setattr(depthwise_ops, "resolve_depthwise", lambda implementation: implementation)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 9, 10, 8), np.float32))
     convs = {
         impl: DepthwiseConv(kernel, strides, padding, depth_multiplier=multiplier, use_bias=True, implementation=impl)
@@ -179,10 +182,15 @@ def test_pallas_refuses_what_its_kernels_cannot_compute_exactly():
         x64 = jnp.ones((1, 5, 5, 4), jnp.float64)
         with pytest.raises(ValueError, match="accumulate in float32"):
             pdw.depthwise(x64, jnp.ones((3, 3, 1, 4), jnp.float64), spec, spec, True)
-        assert not layers._pallas_fits(x64, jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
-    # DepthwiseConv falls back to 'xla' for float64 and for an empty batch
-    assert layers._pallas_fits(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
-    assert not layers._pallas_fits(jnp.ones((0, 5, 5, 4)), jnp.ones((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
+        assert not pallas_serves(x64, _axes_3x3(x64), 1)
+    # DepthwiseConv falls back to 'xla' for float64, for an empty batch and for a depth multiplier
+    assert pallas_serves(jnp.ones((1, 5, 5, 4)), _axes_3x3(jnp.ones((1, 5, 5, 4))), 1)
+    assert not pallas_serves(jnp.ones((0, 5, 5, 4)), _axes_3x3(jnp.ones((0, 5, 5, 4))), 1)
+    assert not pallas_serves(jnp.ones((1, 5, 5, 4)), _axes_3x3(jnp.ones((1, 5, 5, 4))), 2)
+
+
+def _axes_3x3(x):
+    return window_axes(x.shape, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
 
 
 def test_pallas_implementation_needs_a_gpu():

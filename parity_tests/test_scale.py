@@ -15,7 +15,7 @@ import optax
 from conftest import random_variables
 
 from flax_dsconv import mobilenet_v2
-from flax_dsconv.digits import final_params
+from flax_dsconv.tools.digits import final_params
 from flax_dsconv.train import create_train_state, jit_train_step
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
@@ -100,7 +100,7 @@ def test_bf16_compute_stays_close_to_fp32_and_trains():
 
 
 def _train_cmd(out, epochs=4):
-    return [sys.executable, "-m", "flax_dsconv.cli", "train", "--out", str(out), "--epochs", str(epochs),
+    return [sys.executable, "-m", "flax_dsconv", "train", "--out", str(out), "--epochs", str(epochs),
             "--width", "0.25", "--limit", "320", "--quiet"]  # fmt: skip
 
 

@@ -333,7 +333,7 @@ def test_train_state_owns_its_arrays_so_donating_steps_leave_the_callers_variabl
 
 
 def test_random_shift_takes_its_shift_as_a_setting():
-    from flax_dsconv.digits import random_shift
+    from flax_dsconv.tools.digits import random_shift
 
     images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     np.testing.assert_array_equal(random_shift(jax.random.key(1), images, max_shift=0), images)

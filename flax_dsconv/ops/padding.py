@@ -18,6 +18,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+
 PaddingLike = str | int | Sequence[tuple[int, int]]
 ResolvedPadding = str | tuple[tuple[int, int], ...]
 
@@ -69,3 +71,63 @@ def output_size(size: int, axis: Axis) -> int:
     """Output positions along one axis of an input of ``size``."""
     k, s, d, lo, hi = axis
     return (size + lo + hi - (k - 1) * d - 1) // s + 1
+
+
+def as_pair(v: int | Sequence[int], name: str = "value") -> tuple[int, int]:
+    """``v`` as a pair of positive ints (kernel sizes, strides, dilations), or a ValueError naming ``name``."""
+    try:
+        t = (int_index(v),) * 2 if not isinstance(v, Sequence) else tuple(int_index(x) for x in v)
+    except TypeError:
+        t = ()
+    if len(t) != 2 or min(t) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+    return t[0], t[1]
+
+
+def explicit_pads(
+    shape: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int], padding: Any, dilation: Sequence[int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(low, high)`` zero padding per spatial axis of an NHWC ``shape``, for resolved ``padding`` (pairs,
+    ``'SAME'``, ``'VALID'``)."""
+    if isinstance(padding, str):
+        window = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True))
+        padding = jax.lax.padtype_to_pads(tuple(shape[1:3]), window, tuple(strides), padding)
+    (top, bottom), (left, right) = padding
+    return (int(top), int(bottom)), (int(left), int(right))
+
+
+def window_axes(
+    shape: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int], padding: Any, dilation: Sequence[int]
+) -> tuple[Axis, Axis]:
+    """A conv's window per spatial axis of an NHWC ``shape``, padding made explicit."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
+    (top, bottom), (left, right) = explicit_pads(shape, kernel_size, strides, padding, dilation)
+    return (kh, sh, dh, top, bottom), (kw, sw, dw, left, right)
+
+
+def past_reach(
+    pads: Sequence[tuple[int, int]], kernel_size: Sequence[int], dilation: Sequence[int]
+) -> list[tuple[int, int]]:
+    """Per spatial axis, how far explicit ``(low, high)`` padding reaches past the kernel's reach ``(k - 1)·d``.
+
+    XLA:CPU computes the input gradient of a conv padded that far (a conv with negative padding) from memory
+    outside the cotangent (openxla/xla#48713: NaN or 1e30 gradients at up to 16 channels).
+    """
+    reach = [(k - 1) * d for k, d in zip(kernel_size, dilation, strict=True)]
+    return [(max(lo - r, 0), max(hi - r, 0)) for (lo, hi), r in zip(pads, reach, strict=True)]
+
+
+def check_window_fits(shape: Sequence[int], axes: tuple[Axis, Axis], where: str) -> None:
+    """Raise where the padded input is smaller than the kernel's (dilated) window: there is no output pixel.
+
+    PyTorch raises here too; XLA's conv would return an empty array.
+    """
+    sizes = tuple(shape[1:3])
+    if all(output_size(size, axis) >= 1 for size, axis in zip(sizes, axes, strict=True)):
+        return
+    padded = "x".join(str(size + lo + hi) for size, (_, _, _, lo, hi) in zip(sizes, axes, strict=True))
+    window = "x".join(str((k - 1) * d + 1) for k, _, d, _, _ in axes)
+    raise ValueError(
+        f"{where}: input {sizes[0]}x{sizes[1]} (padded: {padded}) is smaller than the kernel's {window} window, "
+        f"so there is no output; got shape {tuple(shape)}"
+    )

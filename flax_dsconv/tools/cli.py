@@ -11,7 +11,7 @@ from typing import Any
 
 
 def _parity(args: argparse.Namespace) -> int:
-    from flax_dsconv import parity
+    from flax_dsconv.tools import parity
 
     cases = parity.default_cases()
     if args.models:
@@ -38,8 +38,7 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from flax_dsconv import mobilenet
-    from flax_dsconv.counting import summary
+    from flax_dsconv import create_model, summary
 
     kwargs = {"width_multiplier": args.width, "num_classes": args.num_classes}
     if args.full_conv:
@@ -47,7 +46,7 @@ def _summary(args: argparse.Namespace) -> int:
             print("--full-conv applies to mobilenet_v1 only", file=sys.stderr)
             return 2
         kwargs["separable"] = False
-    model = mobilenet.BUILDERS[args.arch](**kwargs)
+    model = create_model(args.arch, **kwargs)
     print(
         f"{args.arch}  width {args.width}  resolution {args.resolution}"
         + ("  (full convolution)" if args.full_conv else "")
@@ -77,8 +76,7 @@ def _literal(value: str) -> Any:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from flax_dsconv.checkpoint import save
-    from flax_dsconv.convert import ConversionError, from_torch
+    from flax_dsconv import ConversionError, from_torch, save
 
     config = {}
     for item in args.config:
@@ -98,7 +96,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flax_dsconv.digits import train_digits
+    from flax_dsconv.tools.digits import train_digits
 
     try:
         history = train_digits(
@@ -116,7 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     import jax
 
-    from flax_dsconv import bench
+    from flax_dsconv.tools import bench
 
     overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(bench.Settings)}}
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
@@ -145,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_parity)
 
-    from flax_dsconv.layers import DEPTHWISE_IMPLEMENTATIONS
-    from flax_dsconv.mobilenet import BUILDERS
+    from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS
 
     s = sub.add_parser("summary", help="per-layer parameters and mult-adds")
     s.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")

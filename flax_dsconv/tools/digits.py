@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from flax_dsconv.mobilenet import BUILDERS
+from flax_dsconv import BUILDERS
 from flax_dsconv.train import create_train_state, eval_step, jit_train_step
 
 

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_dsconv import layers, train
+import flax_dsconv
+from flax_dsconv import train
 
 # Peak HBM bandwidth in GB/s (vendor data sheets), matched against the device name; --peak-gbps overrides.
 # The first key contained in the device name wins, so variants come before the plain model name.
@@ -148,15 +149,15 @@ def _layer_workloads(settings: Settings, device: Any, tdtype: Any) -> list[_Work
 
     specs = {
         "depthwise 3x3": (
-            layers.DepthwiseConv(3, dtype=jdtype, param_dtype=jdtype, implementation=settings.depthwise),
+            flax_dsconv.DepthwiseConv(3, dtype=jdtype, param_dtype=jdtype, implementation=settings.depthwise),
             torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
         ),
         "pointwise 1x1": (
-            layers.PointwiseConv(c, dtype=jdtype, param_dtype=jdtype),
+            flax_dsconv.PointwiseConv(c, dtype=jdtype, param_dtype=jdtype),
             torch.nn.Conv2d(c, c, 1, bias=False),
         ),
         "separable block": (
-            layers.DepthwiseSeparableConv(c, dtype=jdtype, depthwise=settings.depthwise),
+            flax_dsconv.DepthwiseSeparableConv(c, dtype=jdtype, depthwise=settings.depthwise),
             torch.nn.Sequential(
                 torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),
                 torch.nn.BatchNorm2d(c),
@@ -246,8 +247,7 @@ def _torch_model(arch: str) -> Any:
 def _model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) -> list[_Workload]:
     import torch
 
-    from flax_dsconv import optim
-    from flax_dsconv.convert import from_torch
+    from flax_dsconv import from_torch, optim
 
     torch_model = _torch_model(arch)
     module, variables = from_torch(torch_model)

@@ -1,9 +1,8 @@
 """Depthwise convolution as Pallas (Triton) kernels for NVIDIA GPUs: forward, input gradient, kernel gradient.
 
 XLA:GPU runs a depthwise conv as a cuDNN grouped convolution, which it autotunes while compiling. These kernels
-need no autotuning: with them the first MobileNetV2 train step (compile + one step) took 24.7 s on an H100,
-against 58.9 s with cuDNN's conv. They accumulate in float32; the k² taps of a tile re-read the input from the
-cache, not from memory.
+need no autotuning, so a model compiles much faster with them (docs/performance.md). They accumulate in float32;
+the k² taps of a tile re-read the input from the cache, not from memory.
 
 One gather-correlate kernel serves both the forward pass and the input gradient:
 
@@ -22,12 +21,9 @@ Two tilings:
 - Other strides: ``(rows, columns, channels)`` blocks with the channels innermost, so each pixel's channels are
   one contiguous run.
 
-Measured on one H100 (bf16, N256·56²·C144, 3x3, stride 1; ``benchmarks/gpu_pallas.py``): forward 0.398 ms
-(35% of the HBM bandwidth; XLA's cuDNN conv 0.420 ms, PyTorch 0.284 ms); both gradients 0.89 ms with the
-kernel-gradient tiles of that run (XLA 0.67 ms); the kernel gradient alone 0.50 ms then, 0.44 ms with today's
-default tiles. Only depth multiplier 1 is supported (MobileNets use no other):
-:class:`flax_dsconv.layers.DepthwiseConv` runs XLA's conv for the rest, and ignores its ``precision`` here
-(the kernels multiply in float32).
+Their speed against cuDNN and PyTorch is in docs/performance.md (``benchmarks/gpu_pallas.py`` measures it).
+Only depth multiplier 1 is supported (MobileNets use no other): :func:`flax_dsconv.ops.depthwise.depthwise` runs
+XLA's conv for the rest, and ignores its ``precision`` here (the kernels multiply in float32).
 """
 
 from __future__ import annotations
@@ -40,8 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from flax_dsconv.padding import Axis
-from flax_dsconv.padding import output_size as _out_size
+from flax_dsconv.ops.padding import Axis
+from flax_dsconv.ops.padding import output_size as _out_size
 
 try:  # Triton-specific loads and stores with masks; absent from some jaxlib builds
     from jax.experimental.pallas import triton as plgpu
@@ -105,8 +101,7 @@ def _floor_pow2(n: int) -> int:
 def channel_block(channels: int, cap: int = 64) -> int:
     """Channels per block: ``cap``, or the next power of two if ``channels`` is smaller; the last block is masked.
 
-    Wide blocks won over exact ones on an H100: a 3x3 stride-2 layer of 96 channels ran its forward in 0.56 ms
-    with blocks of 64 (a quarter of the second block masked) against 0.69 ms with blocks of 32."""
+    Wide blocks, partly masked, ran faster than exact ones on an H100 (docs/performance.md)."""
     return min(cap, _next_pow2(channels))
 
 
@@ -372,12 +367,12 @@ def kernel_grad(
     return partial_sums.reshape(partial_shape).sum(axis=(0, 2))
 
 
-def _forward_geometry(spec: Axis) -> Geometry:
+def forward_geometry(spec: Axis) -> Geometry:
     k, stride, dilation, lo, _ = spec
     return Geometry(a=stride, b=tuple(i * dilation - lo for i in range(k)), den=1)
 
 
-def _input_grad_geometry(spec: Axis) -> Geometry:
+def input_grad_geometry(spec: Axis) -> Geometry:
     k, stride, dilation, lo, _ = spec
     return Geometry(a=1, b=tuple(lo - i * dilation for i in range(k)), den=stride)
 
@@ -399,7 +394,7 @@ def _forward(x, kernel, row_spec, col_spec, interpret):
         raise ValueError(f"depthwise: the kernels accumulate in float32; x must be one of {DTYPES}, got {x.dtype}")
     out_hw = (_out_size(x.shape[1], row_spec), _out_size(x.shape[2], col_spec))
     taps = kernel.reshape(-1, kernel.shape[-1])
-    row_geom, col_geom = _forward_geometry(row_spec), _forward_geometry(col_spec)
+    row_geom, col_geom = forward_geometry(row_spec), forward_geometry(col_spec)
     return gather_correlate(x, taps, out_hw, row_geom, col_geom, interpret=interpret)
 
 
@@ -411,9 +406,9 @@ def _depthwise_bwd(row_spec, col_spec, interpret, residuals, g):
     x, kernel = residuals
     g = g.astype(x.dtype)
     taps = kernel.reshape(-1, kernel.shape[-1])
-    row_geom, col_geom = _input_grad_geometry(row_spec), _input_grad_geometry(col_spec)
+    row_geom, col_geom = input_grad_geometry(row_spec), input_grad_geometry(col_spec)
     dx = gather_correlate(g, taps, x.shape[1:3], row_geom, col_geom, interpret=interpret)
-    dk = kernel_grad(x, g, _forward_geometry(row_spec), _forward_geometry(col_spec), interpret=interpret)
+    dk = kernel_grad(x, g, forward_geometry(row_spec), forward_geometry(col_spec), interpret=interpret)
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_dsconv.convert import from_torch
-from flax_dsconv.counting import count_params
+from flax_dsconv import count_params, from_torch
 
 # The tolerance rule, float64-referenced (../shared/PARITY_NOTES.md): per tensor, Flax's fp32 error against the
 # float64 result may be at most max(floor, FACTOR x PyTorch fp32's own error against it). A bound fitted to one

@@ -1,25 +1,34 @@
-"""MobileNetV2/V3 blocks built from :mod:`flax_dsconv.layers`; names mirror timm's for conversion."""
+"""The inverted residual block (MobileNetV2, Sandler et al. 2018), with MobileNetV3's squeeze-excite."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import jax
 from flax import linen as nn
 
-from flax_dsconv.layers import (
-    Array,
-    BatchNorm,
-    BatchNormConfig,
-    DepthwiseConv,
-    Dtype,
-    PointwiseConv,
-    SqueezeExcite,
-    _where,
-    activation,
-    add_residual,
-    check_nhwc,
-    full_conv,
-    pad_for_depthwise,
-)
-from flax_dsconv.padding import PaddingLike
+from flax_dsconv.nn.common import add_residual
+from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
+from flax_dsconv.nn.squeeze_excite import SqueezeExcite
+from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.depthwise import pad_for_depthwise
+from flax_dsconv.ops.padding import PaddingLike
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InvertedResidualConfig(BlockConfig):
+    """An :class:`InvertedResidual` in a network: ``expand_channels`` wide inside, squeeze-excite of
+    ``se_channels`` (0: none) after the depthwise conv."""
+
+    kind = "ir"
+    expand_channels: int
+    act: Activation = "relu6"
+    se_channels: int = 0
+    se_act: Activation = "relu"
+    se_gate: Activation = "hard_sigmoid"
 
 
 class InvertedResidual(nn.Module):
@@ -44,11 +53,11 @@ class InvertedResidual(nn.Module):
     skip: bool = False
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
-    dtype: Dtype | None = None
+    dtype: Any | None = None
     depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
         shortcut = x
@@ -71,30 +80,26 @@ class InvertedResidual(nn.Module):
         x = norm(name="bn3")(x)
         return add_residual(x, shortcut, self.skip)
 
+    @classmethod
+    def from_config(cls, config: InvertedResidualConfig, context: BlockContext, name: str) -> InvertedResidual:
+        return cls(
+            config.out_channels,
+            config.expand_channels,
+            kernel_size=config.kernel_size,
+            strides=config.stride,
+            dilation=config.dilation,
+            padding=context.padding,
+            act=config.act,
+            se_channels=config.se_channels,
+            se_act=config.se_act,
+            se_gate=config.se_gate,
+            skip=config.skip,
+            norm=context.norm,
+            axis_name=context.axis_name,
+            dtype=context.dtype,
+            depthwise=context.depthwise,
+            name=name,
+        )
 
-class ConvBNAct(nn.Module):
-    """A dense conv → ``bn1`` → act block (timm's ``ConvBnAct``; the full-convolution MobileNet's layer)."""
 
-    features: int
-    kernel_size: int = 1
-    strides: int = 1
-    dilation: int = 1
-    padding: PaddingLike = "torch"
-    act: str = "relu"
-    skip: bool = False
-    norm: BatchNormConfig = BatchNormConfig()
-    axis_name: str | None = None
-    dtype: Dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        kernel = self.variables.get("params", {}).get("conv", {}).get("kernel")
-        check_nhwc(x, None if kernel is None else kernel.shape[-2], _where(self))
-        shortcut = x
-        x = full_conv(
-            self.features, self.kernel_size, self.strides, self.padding, self.dilation, dtype=self.dtype, name="conv"
-        )(x)
-        x = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)(
-            name="bn1"
-        )(x)
-        return add_residual(activation(self.act)(x), shortcut, self.skip)
+register_block(InvertedResidualConfig, InvertedResidual)

@@ -1,0 +1,83 @@
+"""The reader protocol: what each source of torch models (``timm.py``, ``torchvision.py``, ``torch_ref.py``)
+provides, and the registry that picks the reader for a torch module or a source name.
+
+Adding a source adds a reader module that registers itself here; nothing else branches on the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from flax import linen as nn
+
+from flax_dsconv.convert.errors import ConversionError
+from flax_dsconv.convert.plan import NameMap, StateDict, Variables
+
+
+@dataclasses.dataclass(frozen=True)
+class Described:
+    """A torch module read into Flax terms: its arch name, its source, the equivalent Flax module, the number of
+    input channels, and the map from Flax module paths to torch key prefixes."""
+
+    arch: str
+    source: str
+    module: nn.Module
+    in_channels: int
+    name_map: NameMap
+
+
+class Reader(Protocol):
+    source: str  # 'timm', 'torchvision', 'torch_ref': the top-level package its torch classes come from
+
+    def describe(self, model: Any) -> Described:
+        """Read ``model`` (a torch module of this source) into a :class:`Described`, or raise ConversionError."""
+        ...
+
+    def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
+        """The torch model a bare ``state_dict`` of this source claims to be (``arch`` and constructor arguments
+        ``config``), built to read its structure."""
+        ...
+
+    def export_target(
+        self, module: nn.Module, variables: Variables, arch: str | None, config: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """``(arch, constructor arguments)`` of the torch model ``module`` exports to, defaults read off
+        ``module`` and overridden by ``config``."""
+        ...
+
+
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(reader: Reader) -> None:
+    _READERS[reader.source] = reader
+
+
+def sources() -> tuple[str, ...]:
+    """The registered sources, in registration order."""
+    return tuple(_READERS)
+
+
+def reader_for(source: str | None, what: str) -> Reader:
+    """The reader of ``source``, or a ConversionError that says what needed one (``what``)."""
+    if source not in _READERS:
+        raise ConversionError(f"{what} needs source= one of {sources()}, got source={source!r}")
+    return _READERS[source]
+
+
+_WRAPPERS = {"DataParallel": "module", "DistributedDataParallel": "module", "OptimizedModule": "_orig_mod"}
+
+
+def describe(model: Any) -> Described:
+    """Infer arch, source and the equivalent Flax module of a torch module, by the package its class comes from."""
+    cls = type(model)
+    origin = cls.__module__.split(".")[0]
+    if origin == "torch" and cls.__name__ in _WRAPPERS:
+        raise ConversionError(f"{cls.__name__} wraps the model: pass model.{_WRAPPERS[cls.__name__]}")
+    if origin not in _READERS:
+        *others, last = sources()
+        raise ConversionError(
+            f"cannot convert {cls.__module__}.{cls.__name__}: expected a {', '.join(others)} or {last} MobileNet"
+        )
+    return _READERS[origin].describe(model)

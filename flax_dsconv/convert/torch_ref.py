@@ -1,0 +1,109 @@
+"""The reader of ``torch_ref``'s models: the seed's ``DSConv``, ``DepthwiseSeparableConv`` and ``MobileNetV1``.
+
+They keep their constructor arguments in ``model.config``, so they convert from it, after a check that no layer
+was changed since construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import linen as nn
+
+from flax_dsconv.convert.errors import ConversionError
+from flax_dsconv.convert.plan import StateDict, Variables, dotted
+from flax_dsconv.convert.protocol import Described, register_reader
+from flax_dsconv.convert.torch_layers import ACT_CLASSES, check_zero_padding
+from flax_dsconv.models import MobileNet, mobilenet_v1
+from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv, separable_in_channels
+
+ARCHS = ("dsconv", "depthwise_separable", "mobilenet_v1")
+
+_SEED_NAMES = {"conv_dw": "0", "bn1": "1", "conv_pw": "3", "bn2": "4"}
+
+
+def _seed(path: tuple[str, ...]) -> tuple[str, bool]:
+    return f"depthwise_sep_conv.{_SEED_NAMES[path[0]]}", False
+
+
+def _check_unchanged(model: Any, cfg: dict[str, Any]) -> None:
+    """A torch_ref model converts from its constructor ``config``: refuse one whose layers were changed since."""
+    eps, momentum, act = cfg.get("bn_eps", 1e-5), cfg.get("bn_momentum", 0.1), cfg.get("act", "relu")
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if kind == "BatchNorm2d" and (m.eps, m.momentum) != (eps, momentum):
+            raise ConversionError(f"{name}: BatchNorm eps={m.eps}, momentum={m.momentum}, but the model's config "
+                                  f"says {eps}, {momentum} (torch_ref models convert from their config)")  # fmt: skip
+        if kind in ACT_CLASSES and ACT_CLASSES[kind] != act:
+            raise ConversionError(f"{name}: activation {kind}, but the model's config says {act!r}")
+        if kind == "Conv2d":
+            check_zero_padding(m, name)
+
+
+class TorchRefReader:
+    source = "torch_ref"
+
+    def describe(self, model: Any) -> Described:
+        cls = type(model).__name__
+        if cls not in ("DSConv", "DepthwiseSeparableConv", "MobileNetV1"):
+            raise ConversionError(f"cannot convert torch_ref.{cls}: expected one of DSConv, DepthwiseSeparableConv, "
+                                  "MobileNetV1")  # fmt: skip
+        cfg = model.config
+        _check_unchanged(model, cfg)
+        flax: nn.Module
+        if cls == "DSConv":
+            flax = seed_dsconv(cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"])
+            return Described("dsconv", self.source, flax, cfg["in_channels"], _seed)
+        bn = dict(bn_momentum=1.0 - cfg["bn_momentum"], bn_epsilon=cfg["bn_eps"])
+        if cls == "DepthwiseSeparableConv":
+            flax = DepthwiseSeparableConv(
+                cfg["out_channels"], cfg["kernel_size"], cfg["stride"], act=cfg["act"],
+                norm=BatchNormConfig(bn["bn_momentum"], bn["bn_epsilon"]),
+            )  # fmt: skip
+            return Described("depthwise_separable", self.source, flax, cfg["in_channels"], dotted)
+        kw = {k: v for k, v in cfg.items() if k not in ("bn_momentum", "bn_eps")}
+        return Described("mobilenet_v1", self.source, mobilenet_v1(**kw, **bn), cfg["in_channels"], dotted)
+
+    def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
+        import torch_ref
+
+        classes = {"dsconv": torch_ref.DSConv, "depthwise_separable": torch_ref.DepthwiseSeparableConv,
+                   "mobilenet_v1": torch_ref.MobileNetV1}  # fmt: skip
+        if arch not in classes:
+            raise ConversionError(f"torch_ref has no arch {arch!r}; expected one of {ARCHS}")
+        if arch in ("dsconv", "depthwise_separable"):
+            dw, pw = ("depthwise_sep_conv.0.weight", "depthwise_sep_conv.3.weight") if arch == "dsconv" else (
+                "conv_dw.weight", "conv_pw.weight")  # fmt: skip
+            # Channels and kernel size are in the weights; stride and padding are not.
+            if dw in state_dict and pw in state_dict:
+                config = {"in_channels": state_dict[dw].shape[0], "out_channels": state_dict[pw].shape[0],
+                          "kernel_size": state_dict[dw].shape[-1], **config}  # fmt: skip
+            elif "in_channels" not in config or "out_channels" not in config:
+                raise ConversionError(f"state_dict has no {dw!r}/{pw!r}: not a {arch} checkpoint?")
+        return classes[arch](**config)
+
+    def export_target(
+        self, module: nn.Module, variables: Variables, arch: str | None, config: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        if isinstance(module, DepthwiseSeparableConv):
+            channels = separable_in_channels(variables)
+            if channels is None:
+                raise ConversionError("exporting a DepthwiseSeparableConv needs its params (a 4-D conv_dw/kernel)")
+            if arch is None:
+                arch = "dsconv" if module.use_bias and module.pointwise_padding == 1 else "depthwise_separable"
+            base: dict[str, Any] = dict(in_channels=channels, out_channels=module.features,
+                                        kernel_size=module.kernel_size, stride=module.strides)  # fmt: skip
+            if arch == "dsconv":
+                base["padding"] = module.padding
+            else:
+                base.update(act=module.act, bn_eps=module.norm.epsilon, bn_momentum=1.0 - module.norm.momentum)
+            return arch, base
+        assert isinstance(module, MobileNet)
+        c = module.config
+        base = dict(num_classes=c.num_classes, width_multiplier=c.blocks[-1].out_channels / 1024, act=c.stem_act,
+                    dropout=c.dropout, separable=c.blocks[0].kind == "ds", in_channels=c.in_channels,
+                    bn_eps=c.norm.epsilon, bn_momentum=1.0 - c.norm.momentum)  # fmt: skip
+        return arch or "mobilenet_v1", base
+
+
+register_reader(TorchRefReader())

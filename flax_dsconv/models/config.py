@@ -1,0 +1,62 @@
+"""A whole network's config: stem, stages of block configs, head; resolved and JSON-serialisable."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from flax_dsconv.nn.norm import BatchNormConfig
+from flax_dsconv.nn.registry import BlockConfig, block_from_dict, block_to_dict
+from flax_dsconv.ops.activations import Activation
+
+Head = Literal["none", "pre_pool", "post_pool"]
+Padding = Literal["torch", "SAME"]
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to a multiple of ``divisor``, never below ``divisor`` nor 10% under ``value``.
+
+    The rounding torchvision and timm apply to every width-multiplied channel count.
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MobileNetConfig:
+    """A whole network. ``head``: ``'none'``; ``'pre_pool'`` (1x1 conv + BN + act before pooling, V2);
+    ``'post_pool'`` (1x1 conv after pooling, then act, V3's Linear(960, 1280) + hard-swish).
+    ``padding``: ``'torch'`` (symmetric) or ``'SAME'`` (TF-ported weights)."""
+
+    stages: tuple[tuple[BlockConfig, ...], ...]
+    stem_channels: int = 32
+    stem_kernel: int = 3
+    stem_stride: int = 2
+    stem_act: Activation = "relu"
+    head: Head = "none"
+    head_channels: int = 0
+    head_act: Activation = "relu"
+    head_bias: bool = False
+    num_classes: int = 1000
+    dropout: float = 0.0
+    in_channels: int = 3
+    padding: Padding = "torch"
+    norm: BatchNormConfig = BatchNormConfig()
+
+    @property
+    def blocks(self) -> tuple[BlockConfig, ...]:
+        """Every block, stage after stage."""
+        return tuple(b for stage in self.stages for b in stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["stages"] = [[block_to_dict(b) for b in stage] for stage in self.stages]
+        d["norm"] = dataclasses.asdict(self.norm)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MobileNetConfig:
+        d = dict(d)
+        d["stages"] = tuple(tuple(block_from_dict(b) for b in stage) for stage in d["stages"])
+        d["norm"] = BatchNormConfig(**d["norm"])
+        return cls(**d)

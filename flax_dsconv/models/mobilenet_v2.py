@@ -1,0 +1,71 @@
+"""MobileNetV2 (Sandler et al. 2018): the paper's Table 2 as data, and its builder (torchvision's choices)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax_dsconv.models.config import MobileNetConfig, Padding, make_divisible
+from flax_dsconv.models.network import MobileNet
+from flax_dsconv.nn import BatchNormConfig, BlockConfig, InvertedResidualConfig, SeparableConfig
+
+# t, c, n, s — Table 2: expansion, output channels, repeats, first stride; one stage per row.
+V2_TABLE: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def mobilenet_v2(
+    width_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    dropout: float = 0.2,
+    in_channels: int = 3,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    padding: Padding = "torch",
+    dtype: Any | None = None,
+) -> MobileNet:
+    """MobileNetV2 as torchvision builds it: ReLU6, ``make_divisible(c·w, 8)`` channels, a 1280 head
+    (scaled up for w > 1), dropout 0.2, PyTorch's BatchNorm defaults.
+
+    >>> model = mobilenet_v2(width_multiplier=0.5, num_classes=10)
+    """
+    ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
+    in_ch = ch(32)
+    stages = []
+    for t, c, n, s in V2_TABLE:
+        out = ch(c)
+        blocks = []
+        for i in range(n):
+            stride = s if i == 0 else 1
+            skip = stride == 1 and in_ch == out
+            block: BlockConfig
+            if t == 1:
+                block = SeparableConfig(out_channels=out, stride=stride, act="relu6", skip=skip)
+            else:
+                block = InvertedResidualConfig(
+                    out_channels=out, stride=stride, expand_channels=round(in_ch * t), act="relu6", skip=skip
+                )
+            blocks.append(block)
+            in_ch = out
+        stages.append(tuple(blocks))
+    config = MobileNetConfig(
+        stages=tuple(stages),
+        stem_channels=ch(32),
+        stem_act="relu6",
+        head="pre_pool",
+        head_channels=make_divisible(1280 * max(1.0, width_multiplier)),
+        head_act="relu6",
+        num_classes=num_classes,
+        dropout=dropout,
+        in_channels=in_channels,
+        padding=padding,
+        norm=BatchNormConfig(bn_momentum, bn_epsilon),
+    )
+    return MobileNet(config, dtype=dtype)

@@ -1,0 +1,185 @@
+"""MobileNetV3 (Howard et al. 2019): the paper's Tables 1-2 as data, and the builders (torchvision's choices)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from flax_dsconv.models.config import MobileNetConfig, Padding, make_divisible
+from flax_dsconv.models.network import MobileNet
+from flax_dsconv.nn import BatchNormConfig, BlockConfig, ConvBNActConfig, InvertedResidualConfig, SeparableConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Bneck:
+    """One row of the MobileNetV3 tables (Tables 1-2): a bottleneck with its expansion size."""
+
+    kernel: int
+    expand: int
+    out: int
+    se: bool
+    act: Literal["relu", "hard_swish"]
+    stride: int
+
+
+_RE: Literal["relu"] = "relu"
+_HS: Literal["hard_swish"] = "hard_swish"
+
+# MobileNetV3-Large, Table 1; one tuple per stage (the last stage is the one dilation/reduced_tail alter).
+V3_LARGE: tuple[tuple[Bneck, ...], ...] = (
+    (Bneck(kernel=3, expand=16, out=16, se=False, act=_RE, stride=1),),
+    (
+        Bneck(kernel=3, expand=64, out=24, se=False, act=_RE, stride=2),
+        Bneck(kernel=3, expand=72, out=24, se=False, act=_RE, stride=1),
+    ),
+    (
+        Bneck(kernel=5, expand=72, out=40, se=True, act=_RE, stride=2),
+        Bneck(kernel=5, expand=120, out=40, se=True, act=_RE, stride=1),
+        Bneck(kernel=5, expand=120, out=40, se=True, act=_RE, stride=1),
+    ),
+    (
+        Bneck(kernel=3, expand=240, out=80, se=False, act=_HS, stride=2),
+        Bneck(kernel=3, expand=200, out=80, se=False, act=_HS, stride=1),
+        Bneck(kernel=3, expand=184, out=80, se=False, act=_HS, stride=1),
+        Bneck(kernel=3, expand=184, out=80, se=False, act=_HS, stride=1),
+    ),
+    (
+        Bneck(kernel=3, expand=480, out=112, se=True, act=_HS, stride=1),
+        Bneck(kernel=3, expand=672, out=112, se=True, act=_HS, stride=1),
+    ),
+    (
+        Bneck(kernel=5, expand=672, out=160, se=True, act=_HS, stride=2),
+        Bneck(kernel=5, expand=960, out=160, se=True, act=_HS, stride=1),
+        Bneck(kernel=5, expand=960, out=160, se=True, act=_HS, stride=1),
+    ),
+)
+
+# MobileNetV3-Small, Table 2.
+V3_SMALL: tuple[tuple[Bneck, ...], ...] = (
+    (Bneck(kernel=3, expand=16, out=16, se=True, act=_RE, stride=2),),
+    (
+        Bneck(kernel=3, expand=72, out=24, se=False, act=_RE, stride=2),
+        Bneck(kernel=3, expand=88, out=24, se=False, act=_RE, stride=1),
+    ),
+    (
+        Bneck(kernel=5, expand=96, out=40, se=True, act=_HS, stride=2),
+        Bneck(kernel=5, expand=240, out=40, se=True, act=_HS, stride=1),
+        Bneck(kernel=5, expand=240, out=40, se=True, act=_HS, stride=1),
+    ),
+    (
+        Bneck(kernel=5, expand=120, out=48, se=True, act=_HS, stride=1),
+        Bneck(kernel=5, expand=144, out=48, se=True, act=_HS, stride=1),
+    ),
+    (
+        Bneck(kernel=5, expand=288, out=96, se=True, act=_HS, stride=2),
+        Bneck(kernel=5, expand=576, out=96, se=True, act=_HS, stride=1),
+        Bneck(kernel=5, expand=576, out=96, se=True, act=_HS, stride=1),
+    ),
+)
+
+
+def _mobilenet_v3(
+    table: tuple[tuple[Bneck, ...], ...],
+    head_channels: int,
+    width_multiplier: float,
+    num_classes: int,
+    dilated: bool,
+    reduced_tail: bool,
+    dropout: float,
+    in_channels: int,
+    bn_momentum: float,
+    bn_epsilon: float,
+    padding: Padding,
+    dtype: Any | None,
+) -> MobileNet:
+    ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
+    divider = 2 if reduced_tail else 1
+    in_ch = ch(16)
+    stages: list[tuple[BlockConfig, ...]] = []
+    for s, stage in enumerate(table):
+        tail = s == len(table) - 1
+        blocks: list[BlockConfig] = []
+        for i, row in enumerate(stage):
+            # torchvision divides the tail's widths (all but the first block's expansion) by 2.
+            out = ch(row.out // divider if tail else row.out)
+            expand = ch(row.expand // divider if tail and i > 0 else row.expand)
+            dilation = 2 if tail and dilated else 1
+            stride = 1 if dilation > 1 else row.stride
+            se = make_divisible(expand // 4) if row.se else 0
+            skip = row.stride == 1 and in_ch == out  # the table's stride, as torchvision tests it, not dilation's 1
+            block: BlockConfig
+            if expand == in_ch:
+                block = SeparableConfig(out_channels=out, kernel_size=row.kernel, stride=stride, dilation=dilation,
+                                        se_channels=se, act=row.act, skip=skip)  # fmt: skip
+            else:
+                block = InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride,
+                                               dilation=dilation, expand_channels=expand, se_channels=se, act=row.act,
+                                               skip=skip)  # fmt: skip
+            blocks.append(block)
+            in_ch = out
+        stages.append(tuple(blocks))
+    stages.append((ConvBNActConfig(out_channels=6 * in_ch, kernel_size=1, act=_HS),))
+    config = MobileNetConfig(
+        stages=tuple(stages),
+        stem_channels=ch(16),
+        stem_act=_HS,
+        head="post_pool",
+        head_channels=ch(head_channels // divider),
+        head_act=_HS,
+        head_bias=True,
+        num_classes=num_classes,
+        dropout=dropout,
+        in_channels=in_channels,
+        padding=padding,
+        norm=BatchNormConfig(bn_momentum, bn_epsilon),
+    )
+    return MobileNet(config, dtype=dtype)
+
+
+def mobilenet_v3_large(
+    width_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    dilated: bool = False,
+    reduced_tail: bool = False,
+    dropout: float = 0.2,
+    in_channels: int = 3,
+    bn_momentum: float = 0.99,
+    bn_epsilon: float = 1e-3,
+    padding: Padding = "torch",
+    dtype: Any | None = None,
+) -> MobileNet:
+    """MobileNetV3-Large as torchvision builds it (BN eps 1e-3, torch momentum 0.01 → Flax 0.99).
+
+    ``dilated`` gives the last stage dilation 2 and stride 1; ``reduced_tail`` halves its channels
+    (both for segmentation backbones). ``padding='SAME'`` matches TF-ported weights.
+
+    >>> model = mobilenet_v3_large(num_classes=10)
+    """
+    return _mobilenet_v3(
+        V3_LARGE, 1280, width_multiplier, num_classes, dilated, reduced_tail, dropout,
+        in_channels, bn_momentum, bn_epsilon, padding, dtype,
+    )  # fmt: skip
+
+
+def mobilenet_v3_small(
+    width_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    dilated: bool = False,
+    reduced_tail: bool = False,
+    dropout: float = 0.2,
+    in_channels: int = 3,
+    bn_momentum: float = 0.99,
+    bn_epsilon: float = 1e-3,
+    padding: Padding = "torch",
+    dtype: Any | None = None,
+) -> MobileNet:
+    """MobileNetV3-Small as torchvision builds it; options as :func:`mobilenet_v3_large`.
+
+    >>> model = mobilenet_v3_small(width_multiplier=0.75)
+    """
+    return _mobilenet_v3(
+        V3_SMALL, 1024, width_multiplier, num_classes, dilated, reduced_tail, dropout,
+        in_channels, bn_momentum, bn_epsilon, padding, dtype,
+    )  # fmt: skip

@@ -1,0 +1,48 @@
+"""What every layer checks on its input, and the residual add."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def check_nhwc(x: jax.Array, channels: int | None, where: str) -> None:
+    """Reject what would otherwise be silently wrong: non-4-D, non-float or mis-laid-out input."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{where}: expected a 4-D NHWC input (batch, height, width, channels), got shape {tuple(x.shape)}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: expected a floating-point input, got dtype {x.dtype}; "
+            "convert images first, e.g. x.astype(jnp.float32) / 255"
+        )
+    if channels is not None and x.shape[-1] != channels:
+        hint = " — NCHW?" if x.shape[1] == channels else ""
+        raise ValueError(
+            f"{where}: expected NHWC input with {channels} channels in the last axis, got shape {tuple(x.shape)}{hint}"
+        )
+
+
+def bound_kernel_shape(module: nn.Module, path: tuple[str, ...] = ()) -> tuple[int, ...] | None:
+    """Shape of the ``kernel`` param of ``module`` (or of its submodule at ``path``), or None while initialising."""
+    tree = module.variables.get("params", {})
+    for name in path:
+        tree = tree.get(name, {})
+    kernel = tree.get("kernel")
+    return None if kernel is None else tuple(kernel.shape)
+
+
+def where(module: nn.Module) -> str:
+    """``"Type 'path/in/the/model'"``, for error messages."""
+    path = module.scope.path if module.scope is not None else ()
+    return f"{type(module).__name__} '{'/'.join(path)}'"
+
+
+def add_residual(x: jax.Array, shortcut: jax.Array, skip: bool) -> jax.Array:
+    if not skip:
+        return x
+    if x.shape != shortcut.shape:
+        raise ValueError(f"residual needs equal shapes, got block output {x.shape} and input {shortcut.shape}")
+    return x + shortcut

@@ -1,0 +1,158 @@
+"""Convolution layers: depthwise, pointwise (1x1) and dense k x k, NHWC with Flax's kernel layout.
+
+Kernels are ``(kh, kw, in // groups, out)`` plain Flax params; padding takes this package's modes
+(:mod:`flax_dsconv.ops.padding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+
+from flax_dsconv.nn.common import bound_kernel_shape, check_nhwc, where
+from flax_dsconv.ops.depthwise import depthwise
+from flax_dsconv.ops.padding import PaddingLike, as_pair, check_window_fits, past_reach, resolve_padding, window_axes
+from flax_dsconv.ops.pointwise import pointwise
+from flax_dsconv.ops.sharding import vary_like
+
+Array = jax.Array
+Dtype = Any
+
+# torchvision's MobileNet init: He-normal over fan-out for convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution: one ``kernel_size`` filter per input channel (times ``depth_multiplier``).
+
+    Kernel shape ``(kh, kw, 1, C * depth_multiplier)``, ``feature_group_count = C``; output channel
+    ``c * m + j`` comes from input channel ``c``, as in PyTorch's ``groups=C`` conv. Padding defaults to
+    PyTorch's symmetric rule; ``'SAME'`` is TF's (see :mod:`flax_dsconv.ops.padding`).
+
+    ``implementation``: ``'xla'`` is XLA's grouped convolution (the reference, fast on GPU/TPU);
+    ``'shifted'`` sums k² strided slices times per-channel weights (fast on CPU); ``'pallas'`` runs the
+    Triton kernels of :mod:`flax_dsconv.ops.pallas` on a GPU (depth multiplier 1; other multipliers use
+    ``'xla'``; ``precision`` applies to ``'xla'`` only); ``'auto'`` picks ``'shifted'`` on the CPU backend
+    and ``'xla'`` elsewhere. Parameters are identical for all of them.
+    ``'shifted'`` and ``'pallas'`` have hand-written VJPs: reverse-mode autodiff only (no ``jax.jvp``).
+
+    >>> y, _ = DepthwiseConv(kernel_size=3, strides=2).init_with_output(key, jnp.ones((1, 64, 64, 32)))
+    >>> y.shape
+    (1, 32, 32, 32)
+    """
+
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "torch"
+    dilation: int | Sequence[int] = 1
+    depth_multiplier: int = 1
+    use_bias: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = conv_kernel_init
+    bias_init: Callable = nn.initializers.zeros
+    implementation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        bound = bound_kernel_shape(self)
+        check_nhwc(x, None if bound is None else bound[-1] // self.depth_multiplier, where(self))
+        kernel_size, dilation = as_pair(self.kernel_size, "kernel_size"), as_pair(self.dilation, "dilation")
+        multiplier = self.depth_multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"depth_multiplier must be a positive int, got {self.depth_multiplier!r}")
+        features = x.shape[-1] * multiplier
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, 1, features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        strides, padding = as_pair(self.strides, "strides"), resolve_padding(self.padding, kernel_size, dilation)
+        (kernel,) = vary_like(x, kernel)
+        check_window_fits(x.shape, window_axes(x.shape, kernel_size, strides, padding, dilation), where(self))
+        y = depthwise(x, kernel, strides, padding, dilation, multiplier=multiplier,
+                      implementation=self.implementation, precision=self.precision)  # fmt: skip
+        return y if bias is None else y + bias
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution as a channel contraction (``dot_general``), kernel ``(1, 1, in, out)``.
+
+    ``strides`` subsamples and an integer ``padding`` zero-pads first, exactly as
+    ``nn.Conv2d(kernel_size=1, stride=s, padding=p)`` does (the seed's ``DSConv`` uses ``padding=1``).
+
+    >>> PointwiseConv(128).init_with_output(key, jnp.ones((1, 64, 64, 32)))[0].shape
+    (1, 64, 64, 128)
+    """
+
+    features: int
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = 0
+    use_bias: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = conv_kernel_init
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        bound = bound_kernel_shape(self)
+        check_nhwc(x, None if bound is None else bound[-2], where(self))
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pads = resolve_padding(self.padding, (1, 1), (1, 1))
+        if not isinstance(pads, str) and any(p for pair in pads for p in pair):
+            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        sh, sw = as_pair(self.strides, "strides")
+        if (sh, sw) != (1, 1):
+            x = x[:, ::sh, ::sw, :]
+        (kernel,) = vary_like(x, kernel)
+        y = pointwise(x, kernel[0, 0], self.precision)
+        return y if bias is None else y + bias
+
+
+
+def full_conv(
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    padding: PaddingLike = "torch",
+    dilation: int = 1,
+    *,
+    use_bias: bool = False,
+    dtype: Dtype | None = None,
+    name: str | None = None,
+) -> nn.Conv:
+    """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes.
+
+    Padding past the kernel's reach ``(k - 1)·d`` raises: XLA:CPU computes the input gradient of such a conv
+    from memory outside its buffer (see :func:`~flax_dsconv.ops.padding.past_reach`). Pad the input with
+    ``jnp.pad`` instead.
+    """
+    kernel, dil = as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation")
+    resolved = resolve_padding(padding, kernel, dil)
+    if not isinstance(resolved, str) and any(lo or hi for lo, hi in past_reach(resolved, kernel, dil)):
+        reach = tuple((k - 1) * d for k, d in zip(kernel, dil, strict=True))
+        raise ValueError(
+            f"full_conv: padding {padding!r} reaches past the {kernel[0]}x{kernel[1]} kernel's "
+            f"{reach} pixels; XLA:CPU gets the input gradient of such a conv wrong "
+            "(openxla/xla#48713): pad the input with jnp.pad first"
+        )
+    return nn.Conv(
+        features,
+        kernel,
+        strides=as_pair(strides, "strides"),
+        padding=resolved,
+        kernel_dilation=dil,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=conv_kernel_init,
+        name=name,
+    )
+

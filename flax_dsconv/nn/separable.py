@@ -1,0 +1,153 @@
+"""The depthwise separable convolution block (MobileNet, Howard et al. 2017), and the seed notebook's variant."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
+from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
+from flax_dsconv.nn.squeeze_excite import SqueezeExcite
+from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.depthwise import pad_for_depthwise
+from flax_dsconv.ops.padding import PaddingLike
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SeparableConfig(BlockConfig):
+    """A :class:`DepthwiseSeparableConv` in a network. ``pw_act``: whether it activates after its pointwise conv
+    (MobileNetV1 yes, V2/V3 no); ``se_channels`` > 0 adds squeeze-excite after the depthwise conv."""
+
+    kind = "ds"
+    pw_act: bool = False
+    se_channels: int = 0
+    se_act: Activation = "relu"
+    se_gate: Activation = "hard_sigmoid"
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise separable convolution (MobileNet, Howard et al. 2017, Fig. 3).
+
+    ``conv_dw`` (k x k depthwise, stride) → ``bn1`` → act → [``se``] → ``conv_pw`` (1x1) → ``bn2`` →
+    [act]. Defaults follow the paper: the stride is applied once, by the depthwise conv, and the
+    pointwise conv has no padding. The seed notebook's ``DSConv`` instead pads the 1x1 conv by 1 and
+    strides it again (64x64 in, 66x66 out); :func:`seed_dsconv` builds that variant exactly.
+
+    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block.
+
+    >>> block = DepthwiseSeparableConv(features=128)
+    >>> variables = block.init(key, jnp.ones((1, 64, 64, 32)))
+    >>> block.apply(variables, x, train=False).shape
+    (1, 64, 64, 128)
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    padding: PaddingLike = "torch"
+    act: str = "relu"
+    pw_act: bool = True
+    se_channels: int = 0
+    se_act: str = "relu"
+    se_gate: str = "hard_sigmoid"
+    skip: bool = False
+    use_bias: bool = False
+    pointwise_strides: int = 1
+    pointwise_padding: PaddingLike = 0
+    norm: BatchNormConfig = BatchNormConfig()
+    axis_name: str | None = None
+    dtype: Any | None = None
+    depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        act = activation(self.act)
+        shortcut = x
+        # Checked here, not only by conv_dw: its input may be padded below, which would garble the message.
+        kernel = bound_kernel_shape(self, ("conv_dw",))
+        check_nhwc(x, None if kernel is None else kernel[-1], where(self))
+        x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation, self.depthwise)
+        x = DepthwiseConv(
+            self.kernel_size,
+            self.strides,
+            padding,
+            self.dilation,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            implementation=self.depthwise,
+            name="conv_dw",
+        )(x)
+        x = act(norm(name="bn1")(x))
+        if self.se_channels:
+            x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
+        x = PointwiseConv(
+            self.features,
+            self.pointwise_strides,
+            self.pointwise_padding,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="conv_pw",
+        )(x)
+        x = norm(name="bn2")(x)
+        if self.pw_act:
+            x = act(x)
+        return add_residual(x, shortcut, self.skip)
+
+    @classmethod
+    def from_config(cls, config: SeparableConfig, context: BlockContext, name: str) -> DepthwiseSeparableConv:
+        return cls(
+            config.out_channels,
+            kernel_size=config.kernel_size,
+            strides=config.stride,
+            dilation=config.dilation,
+            padding=context.padding,
+            act=config.act,
+            pw_act=config.pw_act,
+            se_channels=config.se_channels,
+            se_act=config.se_act,
+            se_gate=config.se_gate,
+            skip=config.skip,
+            norm=context.norm,
+            axis_name=context.axis_name,
+            dtype=context.dtype,
+            depthwise=context.depthwise,
+            name=name,
+        )
+
+
+def separable_in_channels(variables: Any) -> int | None:
+    """A DepthwiseSeparableConv's input channels, read off its variables' 4-D ``params/conv_dw/kernel`` (depth
+    multiplier 1), or None when there is no such kernel."""
+    kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+    return None if kernel is None or jnp.ndim(kernel) != 4 else int(jnp.shape(kernel)[-1])
+
+
+def seed_dsconv(out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1) -> DepthwiseSeparableConv:
+    """The seed notebook's ``DSConv(in, out, kernel_size, stride, padding)``, reproduced exactly.
+
+    Both convs carry a bias (``nn.Conv2d``'s default), the pointwise conv is padded by 1 and strided
+    again, BatchNorm uses PyTorch defaults and ReLU follows both convs. A 64x64 input gives 66x66.
+    Prefer :class:`DepthwiseSeparableConv`'s defaults for new models.
+
+    >>> seed_dsconv(128).init_with_output(key, jnp.ones((1, 64, 64, 32)))[0].shape
+    (1, 66, 66, 128)
+    """
+    return DepthwiseSeparableConv(
+        features=out_channels,
+        kernel_size=kernel_size,
+        strides=stride,
+        padding=padding,
+        use_bias=True,
+        pointwise_strides=stride,
+        pointwise_padding=1,
+    )
+
+register_block(SeparableConfig, DepthwiseSeparableConv)
