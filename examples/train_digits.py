@@ -1,4 +1,4 @@
-"""Train a MobileNet from scratch on scikit-learn's digits with optax and orbax; resumable.
+"""Train a MobileNet from scratch on scikit-learn's digits with optax; checkpointed every epoch, resumable.
 
     python examples/train_digits.py --out runs/digits          # ~2.5 min on 2 CPU cores, ~98.6% test accuracy
     python examples/train_digits.py --out runs/digits          # again: resumes from the last checkpoint

@@ -1,4 +1,5 @@
-"""Save and load converted models: ``variables.msgpack`` (``flax.serialization``) + ``config.json``.
+"""The library's one checkpoint format: ``variables.msgpack`` (``flax.serialization``) + ``config.json``, and an
+optional ``opt_state.msgpack`` (an optimizer state, for resuming training).
 
 >>> flax_dsconv.save("out/mnv3", model, variables)
 >>> model, variables = flax_dsconv.load("out/mnv3")
@@ -23,7 +24,7 @@ from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, separable_in
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
 FORMAT_VERSION = 1
-_VARIABLES, _CONFIG = "variables.msgpack", "config.json"
+_VARIABLES, _CONFIG, _OPT_STATE = "variables.msgpack", "config.json", "opt_state.msgpack"
 
 
 # Module fields besides the architecture: the compute dtype (by name), the depthwise implementation, axis_name.
@@ -63,9 +64,12 @@ def _describe(module: nn.Module) -> dict[str, Any]:
     raise ValueError(f"cannot save {type(module).__name__}: expected a MobileNet or DepthwiseSeparableConv")
 
 
-def save(directory: str | os.PathLike, module: nn.Module, variables: Any, **metadata: Any) -> Path:
+def save(
+    directory: str | os.PathLike, module: nn.Module, variables: Any, *, opt_state: Any = None, **metadata: Any
+) -> Path:
     """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``, both as ``module`` makes
-    them; anything else in ``variables`` is left out) to ``directory``.
+    them; anything else in ``variables`` is left out) to ``directory``; ``opt_state`` (an optax state), if
+    given, beside them (read it back with :func:`load_opt_state`).
 
     ``metadata`` (JSON-serialisable keywords) is stored beside the config; its keys must not be the
     config's own (``format_version``, ``module``, ``config``, ``dtype``, ``depthwise``, ``axis_name``).
@@ -81,6 +85,8 @@ def save(directory: str | os.PathLike, module: nn.Module, variables: Any, **meta
     (directory / _VARIABLES).write_bytes(serialization.msgpack_serialize(state))
     info.update(metadata)
     (directory / _CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+    if opt_state is not None:
+        (directory / _OPT_STATE).write_bytes(serialization.to_bytes(opt_state))
     return directory
 
 
@@ -108,3 +114,15 @@ def load(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     variables = serialization.msgpack_restore((directory / _VARIABLES).read_bytes())
     _check_fits(module, variables, str(directory))  # a config edited or swapped since: refused, not half-loaded
     return module, jax.tree.map(jax.numpy.asarray, variables)
+
+
+def load_opt_state(directory: str | os.PathLike, like: Any) -> Any:
+    """The optimizer state that :func:`save` wrote with ``opt_state=``, restored into the structure of ``like``
+    (``tx.init(params)`` for the same optimizer and parameters).
+
+    >>> opt_state = flax_dsconv.checkpoint.load_opt_state("run/epoch_3", tx.init(variables["params"]))
+    """
+    path = Path(directory) / _OPT_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {_OPT_STATE}; save it with flax_dsconv.save(..., opt_state=)")
+    return serialization.from_bytes(like, path.read_bytes())

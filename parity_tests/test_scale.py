@@ -116,7 +116,7 @@ def test_digits_training_resumes_after_kill_to_the_same_parameters(tmp_path):
     subprocess.run(_train_cmd(tmp_path / "straight"), check=True, capture_output=True, env=env)
     interrupted = tmp_path / "interrupted"
     proc = subprocess.Popen(_train_cmd(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    first = interrupted / "checkpoints" / "1"
+    first = interrupted / "checkpoints" / "epoch_1"
     while not first.exists() and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

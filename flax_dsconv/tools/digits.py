@@ -1,15 +1,17 @@
 """Train a small MobileNet from scratch on scikit-learn's handwritten digits, end to end.
 
 The recipe behind ``flax-dsconv train`` and ``examples/train_digits.py``: data that ships with scikit-learn
-(8x8 images, upsampled to 32x32), optax, a progress bar, evaluation after every epoch, an orbax checkpoint
-after every epoch, resume after interruption (the data order and dropout keys derive from the epoch and
-step, so a resumed run ends with the same parameters as an uninterrupted one), and a PNG of the curves.
+(8x8 images, upsampled to 32x32), optax, a progress bar, evaluation after every epoch, a checkpoint after every
+epoch (the library's ``flax_dsconv.save`` format, with the optimizer state), resume after interruption (the data
+order and dropout keys derive from the epoch and step, so a resumed run ends with the same parameters as an
+uninterrupted one), and a PNG of the curves.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from flax_dsconv import BUILDERS
+from flax_dsconv import BUILDERS, load, save
+from flax_dsconv.checkpoint import load_opt_state
 from flax_dsconv.train import create_train_state, eval_step, jit_train_step
 
 
@@ -88,7 +90,7 @@ def train_digits(
 ) -> list[dict[str, float]]:
     """Train (or resume training) in ``out_dir``; returns the per-epoch history.
 
-    ``out_dir`` receives ``checkpoints/`` (orbax, one step per epoch), ``run.json`` (the settings; a resume
+    ``out_dir`` receives ``checkpoints/epoch_{n}`` (the last two epochs), ``run.json`` (the settings; a resume
     with other settings is refused), ``history.json`` and ``curves.png``.
     ``limit`` trains on the first ``limit`` training images (for quick runs).
     """
@@ -111,27 +113,26 @@ def train_digits(
     init_key, data_key, dropout_key, augment_key = jax.random.split(key, 4)
     state = create_train_state(model, jax.jit(model.init)(init_key, jnp.asarray(x_train[:1])), tx)
 
-    manager = ocp.CheckpointManager(
-        out_dir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
-    )
+    checkpoints = out_dir / "checkpoints"
     history: list[dict[str, float]] = []
     start = 0
     run_file = out_dir / "run.json"
-    if manager.latest_step() is not None:
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
         saved = json.loads(run_file.read_text()) if run_file.is_file() else {}
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in run.items() if saved.get(k) != v]
         if changed:  # the checkpoint would not fit, or its schedule would silently change
             raise ValueError(f"{out_dir} holds a run with other settings ({'; '.join(changed)}); "
                              "resume with the same settings or use another --out")  # fmt: skip
-        start = manager.latest_step()
-        restored = manager.restore(
-            start, args=ocp.args.Composite(state=ocp.args.StandardRestore(state), history=ocp.args.JsonRestore())
-        )
-        state, history = restored.state, list(restored.history)
+        _, variables = load(latest)
+        info = json.loads((latest / "config.json").read_text())
+        start, history = info["epoch"], list(info["history"])
+        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"], step=info["step"],
+                              opt_state=load_opt_state(latest, state.opt_state))  # fmt: skip
         if progress:
             print(f"resuming from the checkpoint after epoch {start}")
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(run, indent=1) + "\n")
     step = jit_train_step()
     evaluate = jax.jit(eval_step)
@@ -155,22 +156,42 @@ def train_digits(
             "test_accuracy": float(test["accuracy"]),
         }
         history.append(record)
-        manager.save(
-            epoch + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history))
-        )
+        _checkpoint(checkpoints, epoch + 1, model, state, history)
         if progress:
             print(
                 f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f}  acc {record['train_accuracy']:.4f}  "
                 f"test loss {record['test_loss']:.4f}  acc {record['test_accuracy']:.4f}"
             )
-    manager.wait_until_finished()
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     _plot(history, out_dir / "curves.png")
     return history
 
 
+def _checkpoint(checkpoints: Path, epoch: int, model: Any, state: Any, history: list[dict[str, float]]) -> None:
+    """Save epoch ``epoch`` under ``checkpoints/epoch_{epoch}`` (complete, or not at all: written beside it and
+    renamed), then keep only the last two."""
+    final, partial = checkpoints / f"epoch_{epoch}", checkpoints / f".epoch_{epoch}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    save(partial, model, variables, opt_state=state.opt_state, epoch=epoch, step=int(state.step), history=history)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in sorted(checkpoints.glob("epoch_*"), key=_epoch)[:-2]:
+        shutil.rmtree(old)
+
+
+def _epoch(path: Path) -> int:
+    return int(path.name.removeprefix("epoch_"))
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = sorted(checkpoints.glob("epoch_*"), key=_epoch) if checkpoints.is_dir() else []
+    return found[-1] if found else None
+
+
 def final_params(out_dir: str | Path) -> Any:
     """The parameters and BN statistics of the last checkpoint in ``out_dir`` (for comparisons)."""
-    manager = ocp.CheckpointManager(Path(out_dir).absolute() / "checkpoints")
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
+    latest = _latest_checkpoint(Path(out_dir) / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{out_dir} has no checkpoints/epoch_* directory")
+    return load(latest)[1]
