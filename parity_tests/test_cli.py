@@ -237,11 +237,12 @@ def test_train_rejects_settings_that_cannot_train(tmp_path, capsys):
 
 
 def test_bench_inference_rows_run_eval_mode_models_on_the_inference_batch():
-    from flax_dsconv.tools import bench
+    from flax_dsconv.tools import bench_workloads as workloads
 
-    settings = bench.Settings(train_batch=2, infer_batch=3, resolution=32, models=("mobilenet_v3_small",), repeats=1)
-    device, dtype, _ = bench._torch_setup(settings)
-    inference, train = bench._model_workloads(settings, "mobilenet_v3_small", device, dtype)
+    settings = workloads.Settings(train_batch=2, infer_batch=3, resolution=32, models=("mobilenet_v3_small",),
+                                  repeats=1)  # fmt: skip
+    device, dtype, _ = workloads.torch_setup(settings)
+    inference, train = workloads.model_workloads(settings, "mobilenet_v3_small", device, dtype)
     flax_logits, torch_logits = np.asarray(inference.flax()), inference.torch().numpy()
     assert inference.batch == 3 and flax_logits.shape == torch_logits.shape == (3, 1000)
     # Both in eval mode (running statistics, no dropout), on the same batch: the same logits. Built after it,

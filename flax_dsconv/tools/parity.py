@@ -17,12 +17,13 @@ import numpy as np
 
 from flax_dsconv import count_params, from_torch
 
-# The tolerance rule, float64-referenced (../shared/PARITY_NOTES.md): per tensor, Flax's fp32 error against the
-# float64 result may be at most max(floor, FACTOR x PyTorch fp32's own error against it). A bound fitted to one
-# machine's fp32-vs-fp32 difference fails on the next: XLA:CPU picks kernels by instruction set, so rounding moves.
+# The tolerance rule, float64-referenced (the README's "How parity is tested"): per tensor, Flax's fp32 error
+# against the float64 result may be at most max(floor, FACTOR x PyTorch fp32's own error against it). A bound
+# fitted to one machine's fp32-vs-fp32 difference fails on the next: XLA:CPU picks kernels by instruction set,
+# so rounding moves.
 # PyTorch's own error is the larger of its two memory formats' (contiguous NCHW and channels_last run different
-# CPU kernels, and one run's error is itself a draw: on a MobileNetV1 gradient, 1.6e-5 in one format and 3.9e-5
-# in the other, docs/performance.md); channels_last is the NHWC layout Flax computes in.
+# CPU kernels, and one run's error is itself a draw: the README's parity section has a measured pair);
+# channels_last is the NHWC layout Flax computes in.
 # Errors are ||got - exact|| relative to ||exact|| of the tensor (see relative_error). The floors, one per kind
 # of tensor; the parity suite takes them from here, so `flax-dsconv parity` and the tests apply the same rule.
 FACTOR = 2.0
