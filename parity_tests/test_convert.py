@@ -400,7 +400,7 @@ def test_float8_weights_convert_and_meta_tensors_and_non_tensors_are_named():
 def test_non_zero_padding_modes_are_rejected():
     model = tv.mobilenet_v3_small()
     model.features[0][0].padding_mode = "reflect"
-    with pytest.raises(ConversionError, match=r"features\.0: padding_mode='reflect'"):
+    with pytest.raises(ConversionError, match=r"features\.0\.0: padding_mode='reflect'"):
         from_torch(model)
 
 
@@ -448,10 +448,10 @@ def _non_square_dilation():
 @pytest.mark.parametrize(
     "build,match",
     [
-        (_timm_bn3_relu, r"blocks\.1\.0: activations ReLU6.*ReLU\(\); expected relu6"),
-        (_torch_ref_eps_changed, r"blocks\.0\.0\.bn1: BatchNorm eps=0\.001.*config says 1e-05"),
-        (_torch_ref_act_replaced, r"act: activation ReLU, but the model's config says 'hard_swish'"),
-        (_non_square_dilation, r"features\.9: non-square kernels/strides/dilations"),
+        (_timm_bn3_relu, r"blocks\.1\.0: activations relu6, relu6, relu after bn1, bn2, bn3; expected relu6"),
+        (_torch_ref_eps_changed, r"blocks\.0\.0\.bn1: BatchNorm2d\(8, eps=0\.001.*expected BatchNorm2d\(8, eps=1e-05"),
+        (_torch_ref_act_replaced, r"act: ReLU\(\), expected Hardswish\(\)"),
+        (_non_square_dilation, r"features\.9\.block\.1\.0: non-square kernels/strides/dilations"),
     ],
 )
 def test_layers_changed_after_construction_are_refused_not_converted(build, match):

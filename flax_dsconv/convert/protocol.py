@@ -7,31 +7,39 @@ Adding a source adds a reader module that registers itself here; nothing else br
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from flax import linen as nn
 
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import NameMap, StateDict, Variables
+from flax_dsconv.convert.torch_layers import unclaimed
+from flax_dsconv.shapes import listed
 
 
 @dataclasses.dataclass(frozen=True)
 class Described:
     """A torch module read into Flax terms: its arch name, its source, the equivalent Flax module, the number of
-    input channels, and the map from Flax module paths to torch key prefixes."""
+    input channels, the map from Flax module paths to torch key prefixes, and the torch modules the reader
+    accounted for (ids to paths; :func:`describe` refuses a model holding any other)."""
 
     arch: str
     source: str
     module: nn.Module
     in_channels: int
     name_map: NameMap
+    claimed: Mapping[int, str]
 
 
 class Reader(Protocol):
     source: str  # 'timm', 'torchvision', 'torch_ref': the top-level package its torch classes come from
 
     def describe(self, model: Any) -> Described:
-        """Read ``model`` (a torch module of this source) into a :class:`Described`, or raise ConversionError."""
+        """Read ``model`` (a torch module of this source) into a :class:`Described`, or raise ConversionError.
+
+        Every torch module the description accounts for goes into ``claimed``, each after a check of its type
+        and of the settings the Flax config does not carry (a 1x1 conv's stride, a pooling's kind...)."""
         ...
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
@@ -80,4 +88,11 @@ def describe(model: Any) -> Described:
         raise ConversionError(
             f"cannot convert {cls.__module__}.{cls.__name__}: expected a {', '.join(others)} or {last} MobileNet"
         )
-    return _READERS[origin].describe(model)
+    described = _READERS[origin].describe(model)
+    missed = unclaimed(model, described.claimed)
+    if missed:
+        raise ConversionError(
+            f"{len(missed)} modules of this {described.source} model are not part of the {described.arch} it was "
+            f"read as (added or replaced?), so converting would silently drop them: " + listed(missed, 10)
+        )
+    return described

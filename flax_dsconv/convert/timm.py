@@ -12,7 +12,7 @@ from flax import linen as nn
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
-from flax_dsconv.convert.torch_layers import TorchReader, act_name
+from flax_dsconv.convert.torch_layers import TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
 from flax_dsconv.nn import BlockConfig, ConvBNActConfig, DepthwiseSeparableConv, InvertedResidualConfig, SeparableConfig
 from flax_dsconv.ops.activations import Activation
@@ -20,99 +20,120 @@ from flax_dsconv.ops.activations import Activation
 PREFIXES = ("mobilenetv1_", "mobilenetv2_", "mobilenetv3_", "tf_mobilenetv3_")
 
 
-def _config(model: Any) -> MobileNetConfig:
+def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
+    """timm's SqueezeExcite (``conv_reduce``, ``act1``, ``conv_expand``, ``gate``), or none."""
+    se = getattr(blk, "se", None)
+    if se is None or type(se).__name__ == "Identity":
+        r.identity(se, f"{where}.se")
+        return {}
+    expect_type(se, f"{where}.se", ("SqueezeExcite",), "squeeze-excite")
+    r.claim(se, f"{where}.se")
+    reduce = r.conv(se.conv_reduce, f"{where}.se.conv_reduce", kernel=1, stride=1)
+    r.conv(se.conv_expand, f"{where}.se.conv_expand", kernel=1, stride=1)
+    return dict(se_channels=reduce["out"], se_act=r.act(se.act1, f"{where}.se.act1"),
+                se_gate=r.act(se.gate, f"{where}.se.gate"))  # fmt: skip
+
+
+def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
+    name = type(blk).__name__
+    aa = getattr(blk, "aa", None)
+    if type(aa).__name__ not in ("NoneType", "Identity"):
+        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({type(aa).__name__}) is not supported")
+    r.identity(aa, f"{where}.aa")
+    r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
+    if name == "DepthwiseSeparableConv":
+        dw = r.conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        act = r.bn(blk.bn1, f"{where}.bn1")
+        se = _se(r, blk, where)
+        pw = r.conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+        pw_act = r.bn(blk.bn2, f"{where}.bn2")
+        if pw_act not in ("identity", act):
+            raise ConversionError(f"{where}.bn2.act: pointwise activation {pw_act} differs from {act}")
+        return SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
+                               act=act, pw_act=pw_act != "identity", skip=blk.has_skip, **se)  # fmt: skip
+    if name == "InvertedResidual":
+        pw = r.conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+        act = r.bn(blk.bn1, f"{where}.bn1")
+        dw = r.conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        dw_act = r.bn(blk.bn2, f"{where}.bn2")
+        se = _se(r, blk, where)
+        pwl = r.conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
+        pwl_act = r.bn(blk.bn3, f"{where}.bn3")
+        if (dw_act, pwl_act) != (act, "identity"):
+            raise ConversionError(f"{where}: activations {act}, {dw_act}, {pwl_act} after bn1, bn2, bn3; "
+                                  f"expected {act} after the expansion and depthwise convs, none after the "
+                                  "projection")  # fmt: skip
+        return InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
+                                      expand_channels=pw["out"], act=act, skip=blk.has_skip, **se)  # fmt: skip
+    if name == "ConvBnAct":
+        conv = r.conv(blk.conv, f"{where}.conv")
+        return ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"], dilation=conv["d"],
+                               act=r.bn(blk.bn1, f"{where}.bn1"), skip=blk.has_skip)  # fmt: skip
+    raise ConversionError(f"{where}: unsupported timm block {name}")
+
+
+def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     kind = type(model).__name__
     if kind not in ("EfficientNet", "MobileNetV3"):
         raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3")
     stem = r.conv(model.conv_stem, "conv_stem")
-    r.bn(model.bn1, "bn1")
-    stages = []
-    for s, stage in enumerate(model.blocks):
-        blocks: list[BlockConfig] = []
-        for i, blk in enumerate(stage):
-            where = f"blocks.{s}.{i}"
-            name = type(blk).__name__
-            if type(getattr(blk, "aa", None)).__name__ not in ("NoneType", "Identity"):
-                raise ConversionError(f"{where}: anti-aliased downsampling ({type(blk.aa).__name__}) is not supported")
-            block: BlockConfig
-            se: dict[str, Any] = {}
-            if getattr(blk, "se", None) is not None and type(blk.se).__name__ != "Identity":
-                se = dict(se_channels=blk.se.conv_reduce.out_channels, se_act=act_name(blk.se.act1, where + ".se"),
-                          se_gate=act_name(blk.se.gate, where + ".se"))  # fmt: skip
-            if name == "DepthwiseSeparableConv":
-                dw, pw = r.conv(blk.conv_dw, where), r.conv(blk.conv_pw, where)
-                r.bn(blk.bn1, where)
-                r.bn(blk.bn2, where)
-                act, pw_act = act_name(blk.bn1.act, where), act_name(blk.bn2.act, where)
-                if pw_act not in ("identity", act):
-                    raise ConversionError(f"{where}: pointwise activation {pw_act} differs from {act}")
-                block = SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
-                                        act=act, pw_act=pw_act != "identity", skip=blk.has_skip, **se)  # fmt: skip
-            elif name == "InvertedResidual":
-                pw, dw, pwl = r.conv(blk.conv_pw, where), r.conv(blk.conv_dw, where), r.conv(blk.conv_pwl, where)
-                for bn in (blk.bn1, blk.bn2, blk.bn3):
-                    r.bn(bn, where)
-                act = act_name(blk.bn1.act, where)
-                if (act_name(blk.bn2.act, where), act_name(blk.bn3.act, where)) != (act, "identity"):
-                    raise ConversionError(f"{where}: activations {blk.bn1.act}, {blk.bn2.act}, {blk.bn3.act}; "
-                                          f"expected {act} after the expansion and depthwise convs, none after the "
-                                          "projection")  # fmt: skip
-                block = InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"],
-                                               dilation=dw["d"], expand_channels=pw["out"], act=act,
-                                               skip=blk.has_skip, **se)  # fmt: skip
-            elif name == "ConvBnAct":
-                conv = r.conv(blk.conv, where)
-                r.bn(blk.bn1, where)
-                block = ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"],
-                                        dilation=conv["d"], act=act_name(blk.bn1.act, where),
-                                        skip=blk.has_skip)  # fmt: skip
-            else:
-                raise ConversionError(f"{where}: unsupported timm block {name}")
-            blocks.append(block)
-        stages.append(tuple(blocks))
+    stem_act = r.bn(model.bn1, "bn1")
+    stages = tuple(tuple(_block(r, blk, f"blocks.{s}.{i}") for i, blk in enumerate(stage))
+                   for s, stage in enumerate(model.blocks))  # fmt: skip
 
     head: Literal["none", "pre_pool", "post_pool"] = "none"
     head_act: Activation = "relu"
     head_channels, head_bias = 0, False
     if type(model.conv_head).__name__ != "Identity":
-        h = r.conv(model.conv_head, "conv_head")
+        h = r.conv(model.conv_head, "conv_head", kernel=1, stride=1)
         head_channels, head_bias = h["out"], h["bias"]
         if kind == "EfficientNet":
-            r.bn(model.bn2, "bn2")
-            head, head_act = "pre_pool", act_name(model.bn2.act, "bn2")
+            head, head_act = "pre_pool", r.bn(model.bn2, "bn2")
         else:
             if type(model.norm_head).__name__ != "Identity":
-                raise ConversionError("timm norm_head after pooling is not supported")
-            head, head_act = "post_pool", act_name(model.act2, "act2")
-    if getattr(model.global_pool, "pool_type", "avg") != "avg":
-        raise ConversionError(f"only average pooling is supported, got {model.global_pool}")
+                raise ConversionError("norm_head: a norm after pooling is not supported")
+            r.identity(model.norm_head, "norm_head")
+            head, head_act = "post_pool", r.act(model.act2, "act2")
+    else:
+        r.identity(model.conv_head, "conv_head")
+        for name in ("bn2", "norm_head", "act2"):
+            r.identity(getattr(model, name, None), name)
+    if getattr(model, "flatten", None) is not None:
+        r.flatten(model.flatten, "flatten")
+    r.avg_pool(model.global_pool, "global_pool")
     classifier = model.classifier
-    return MobileNetConfig(
-        stages=tuple(stages),
+    if type(classifier).__name__ == "Identity":
+        r.identity(classifier, "classifier")
+        num_classes = 0
+    else:
+        num_classes = r.linear(classifier, "classifier")["out"]
+    config = MobileNetConfig(
+        stages=stages,
         stem_channels=stem["out"],
         stem_kernel=stem["k"],
         stem_stride=stem["s"],
-        stem_act=act_name(model.bn1.act, "bn1"),
+        stem_act=stem_act,
         head=head,
         head_channels=head_channels,
         head_act=head_act,
         head_bias=head_bias,
-        num_classes=getattr(classifier, "out_features", 0),
+        num_classes=num_classes,
         dropout=float(model.drop_rate),
         in_channels=model.conv_stem.in_channels,
         padding=r.padding(),
         norm=r.norm(),
     )
+    return config, r.claimed
 
 
 class TimmReader:
     source = "timm"
 
     def describe(self, model: Any) -> Described:
-        config = _config(model)
+        config, claimed = _config(model)
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        return Described(arch, self.source, MobileNet(config), config.in_channels, dotted)
+        return Described(arch, self.source, MobileNet(config), config.in_channels, dotted, claimed)
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
         import timm

@@ -13,9 +13,10 @@ from flax import linen as nn
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
-from flax_dsconv.convert.torch_layers import ACT_CLASSES, check_zero_padding
+from flax_dsconv.convert.torch_layers import check_zero_padding
 from flax_dsconv.models import MobileNet, mobilenet_v1
 from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, seed_dsconv, separable_in_channels
+from flax_dsconv.shapes import listed
 
 ARCHS = ("dsconv", "depthwise_separable", "mobilenet_v1")
 
@@ -26,18 +27,32 @@ def _seed(path: tuple[str, ...]) -> tuple[str, bool]:
     return f"depthwise_sep_conv.{_SEED_NAMES[path[0]]}", False
 
 
-def _check_unchanged(model: Any, cfg: dict[str, Any]) -> None:
-    """A torch_ref model converts from its constructor ``config``: refuse one whose layers were changed since."""
-    eps, momentum, act = cfg.get("bn_eps", 1e-5), cfg.get("bn_momentum", 0.1), cfg.get("act", "relu")
+def _layers(model: Any) -> dict[str, str]:
+    """Each module's path mapped to its class and settings (``extra_repr``, without ``inplace``)."""
+    out = {}
     for name, m in model.named_modules():
-        kind = type(m).__name__
-        if kind == "BatchNorm2d" and (m.eps, m.momentum) != (eps, momentum):
-            raise ConversionError(f"{name}: BatchNorm eps={m.eps}, momentum={m.momentum}, but the model's config "
-                                  f"says {eps}, {momentum} (torch_ref models convert from their config)")  # fmt: skip
-        if kind in ACT_CLASSES and ACT_CLASSES[kind] != act:
-            raise ConversionError(f"{name}: activation {kind}, but the model's config says {act!r}")
-        if kind == "Conv2d":
+        settings = ", ".join(part for part in m.extra_repr().split(", ") if not part.startswith("inplace="))
+        out[name or "(the model itself)"] = f"{type(m).__name__}({settings})"
+    return out
+
+
+def _check_unchanged(model: Any) -> dict[int, str]:
+    """A torch_ref model converts from its constructor ``config``: refuse one whose modules differ in any way
+    from a fresh build of that config (a layer swapped, added, removed or re-configured); else claim them all."""
+    import torch
+
+    with torch.random.fork_rng(), torch.device("meta"):  # no memory, and the caller's random stream untouched
+        fresh = type(model)(**model.config)
+    ours, theirs = _layers(model), _layers(fresh)
+    diffs = [f"{k}: {ours.get(k, 'nothing')}, expected {theirs.get(k, 'nothing')}"
+             for k in {**theirs, **ours} if ours.get(k) != theirs.get(k)]  # fmt: skip
+    if diffs:
+        raise ConversionError(f"{len(diffs)} modules differ from the {type(model).__name__} its config builds "
+                              f"(torch_ref models convert from their config): " + listed(diffs, 10))  # fmt: skip
+    for name, m in model.named_modules():
+        if type(m).__name__ == "Conv2d":
             check_zero_padding(m, name)
+    return {id(m): name for name, m in model.named_modules()}
 
 
 class TorchRefReader:
@@ -49,20 +64,21 @@ class TorchRefReader:
             raise ConversionError(f"cannot convert torch_ref.{cls}: expected one of DSConv, DepthwiseSeparableConv, "
                                   "MobileNetV1")  # fmt: skip
         cfg = model.config
-        _check_unchanged(model, cfg)
+        claimed = _check_unchanged(model)
         flax: nn.Module
         if cls == "DSConv":
             flax = seed_dsconv(cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"])
-            return Described("dsconv", self.source, flax, cfg["in_channels"], _seed)
+            return Described("dsconv", self.source, flax, cfg["in_channels"], _seed, claimed)
         bn = dict(bn_momentum=1.0 - cfg["bn_momentum"], bn_epsilon=cfg["bn_eps"])
         if cls == "DepthwiseSeparableConv":
             flax = DepthwiseSeparableConv(
                 cfg["out_channels"], cfg["kernel_size"], cfg["stride"], act=cfg["act"],
                 norm=BatchNormConfig(bn["bn_momentum"], bn["bn_epsilon"]),
             )  # fmt: skip
-            return Described("depthwise_separable", self.source, flax, cfg["in_channels"], dotted)
+            return Described("depthwise_separable", self.source, flax, cfg["in_channels"], dotted, claimed)
         kw = {k: v for k, v in cfg.items() if k not in ("bn_momentum", "bn_eps")}
-        return Described("mobilenet_v1", self.source, mobilenet_v1(**kw, **bn), cfg["in_channels"], dotted)
+        flax = mobilenet_v1(**kw, **bn)
+        return Described("mobilenet_v1", self.source, flax, cfg["in_channels"], dotted, claimed)
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
         import torch_ref

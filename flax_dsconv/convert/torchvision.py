@@ -11,7 +11,7 @@ from flax import linen as nn
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import NameMap, StateDict, Variables
 from flax_dsconv.convert.protocol import Described, register_reader
-from flax_dsconv.convert.torch_layers import TorchReader, act_name
+from flax_dsconv.convert.torch_layers import TorchReader, expect_type
 from flax_dsconv.models import BUILDERS, MobileNet, MobileNetConfig
 from flax_dsconv.models.mobilenet_v2 import V2_TABLE
 from flax_dsconv.models.mobilenet_v3 import V3_LARGE, V3_SMALL
@@ -72,51 +72,92 @@ def _names(config: MobileNetConfig) -> NameMap:
     return lookup
 
 
-def _cna(r: TorchReader, seq: Any, where: str) -> tuple[dict[str, Any], Activation]:
-    """torchvision's Conv2dNormActivation: (conv, bn[, act])."""
-    conv = r.conv(seq[0], where)
-    r.bn(seq[1], where)
-    return conv, act_name(seq[2], where) if len(seq) > 2 else "identity"
+def _cna(r: TorchReader, seq: Any, where: str, *, depthwise: bool = False, kernel: int | None = None,
+         activation: bool = True) -> tuple[dict[str, Any], Activation]:  # fmt: skip
+    """torchvision's Conv2dNormActivation: (conv, bn[, act]); with ``activation=False``, a bare (conv, bn)."""
+    if activation:
+        expect_type(seq, where, ("Conv2dNormActivation", "ConvBNActivation", "ConvBNReLU"), "a conv-norm-activation")
+    if len(seq) not in ((2, 3) if activation else (2,)):
+        raise ConversionError(f"{where}: {len(seq)} layers; expected a conv, a BatchNorm and an activation")
+    conv = r.conv(seq[0], f"{where}.0", kernel=kernel, stride=1 if kernel == 1 else None, depthwise=depthwise)
+    r.bn(seq[1], f"{where}.1")
+    return conv, r.act(seq[2], f"{where}.2") if len(seq) > 2 else "identity"
 
 
-def _config(model: Any) -> MobileNetConfig:
+def _classifier(r: TorchReader, model: Any, v3: bool) -> dict[str, Any]:
+    """The head after the features: torchvision's ``classifier`` Sequential, exactly as its builders make it."""
+    cls = model.classifier
+    layout = ("Linear", "activation", "Dropout", "Linear") if v3 else ("Dropout", "Linear")
+    if type(cls).__name__ != "Sequential" or len(cls) != len(layout):
+        found = f"Sequential of {len(cls)} layers" if type(cls).__name__ == "Sequential" else type(cls).__name__
+        raise ConversionError(f"classifier: {found}, expected torchvision's Sequential({', '.join(layout)})")
+    if v3:
+        r.avg_pool(model.avgpool, "avgpool")
+        first, last = r.linear(cls[0], "classifier.0"), r.linear(cls[3], "classifier.3")
+        act, dropout = r.act(cls[1], "classifier.1"), r.dropout(cls[2], "classifier.2")
+        return dict(head="post_pool", head_channels=first["out"], head_act=act, head_bias=first["bias"],
+                    num_classes=last["out"], dropout=dropout)  # fmt: skip
+    return dict(dropout=r.dropout(cls[0], "classifier.0"), num_classes=r.linear(cls[1], "classifier.1")["out"])
+
+
+def _block(r: TorchReader, blk: Any, where: str, v3: bool) -> BlockConfig:
+    """One ``features.{i}`` InvertedResidual: [expansion,] depthwise, [squeeze-excite,] projection."""
+    expect_type(blk, where, ("InvertedResidual",), "an inverted residual block")
+    name = "block" if v3 else "conv"
+    layers = list(getattr(blk, name))
+    n = len(layers)
+    if not v3:  # V2 ends in a bare conv + bn: read them as one (conv, bn) pair
+        layers = [*layers[:-2], [layers[-2], layers[-1]]]
+    se: dict[str, Any] = {}
+    convs = []
+    for j, layer in enumerate(layers):
+        at = f"{where}.{name}.{j}"
+        if type(layer).__name__ == "SqueezeExcitation" and v3:
+            r.avg_pool(layer.avgpool, f"{at}.avgpool")
+            reduce = r.conv(layer.fc1, f"{at}.fc1", kernel=1, stride=1)
+            r.conv(layer.fc2, f"{at}.fc2", kernel=1, stride=1)
+            se = dict(se_channels=reduce["out"], se_act=r.act(layer.activation, f"{at}.activation"),
+                      se_gate=r.act(layer.scale_activation, f"{at}.scale_activation"))  # fmt: skip
+        else:
+            convs.append((at, layer))
+    if len(convs) not in (2, 3):
+        raise ConversionError(f"{where}: {n} layers; expected [expansion,] depthwise, [squeeze-excite,] projection")
+    *expand_at, dw_at, pwl_at = convs
+    expand = [_cna(r, layer, at, kernel=1) for at, layer in expand_at]
+    dw, act = _cna(r, dw_at[1], dw_at[0], depthwise=True)
+    if not v3:  # the pair's torch paths are conv.{n-2} and conv.{n-1}
+        conv, bn = pwl_at[1]
+        pwl = r.conv(conv, f"{where}.conv.{n - 2}", kernel=1, stride=1)
+        r.bn(bn, f"{where}.conv.{n - 1}")
+    else:
+        pwl, pwl_act = _cna(r, pwl_at[1], pwl_at[0], kernel=1)
+        if pwl_act != "identity":
+            raise ConversionError(f"{pwl_at[0]}: activation {pwl_act} after the projection; expected none")
+    if expand and expand[0][1] != act:
+        raise ConversionError(f"{expand_at[0][0]}.2: activation {expand[0][1]} after the expansion, but {act} after "
+                              "the depthwise conv; the block has one activation")  # fmt: skip
+    shape = dict(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"])
+    common = dict(act=act, skip=blk.use_res_connect, **se)
+    if expand:
+        return InvertedResidualConfig(**shape, expand_channels=expand[0][0]["out"], **common)
+    return SeparableConfig(**shape, **common)
+
+
+def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     v3 = type(model).__name__ == "MobileNetV3"
     if type(model).__name__ not in ("MobileNetV2", "MobileNetV3"):
         raise ConversionError(f"unsupported torchvision model class {type(model).__name__}")
     feats = list(model.features)
     stem, stem_act = _cna(r, feats[0], "features.0")
-    flat: list[BlockConfig] = []
-    for idx, blk in enumerate(feats[1:-1], start=1):
-        where = f"features.{idx}"
-        layers = list(blk.block if v3 else blk.conv)
-        if not v3:  # V2 ends in a bare conv + bn; view it as one (conv, bn) pair
-            layers = [*layers[:-2], [layers[-2], layers[-1]]]
-        se: dict[str, Any] = {}
-        convs = []
-        for layer in layers:
-            if type(layer).__name__ == "SqueezeExcitation":
-                se = dict(se_channels=layer.fc1.out_channels, se_act=act_name(layer.activation, where),
-                          se_gate=act_name(layer.scale_activation, where))  # fmt: skip
-            else:
-                convs.append(_cna(r, layer, where))
-        *expand, (dw, act), (pwl, _) = convs
-        shape = dict(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"])
-        common = dict(act=act, skip=blk.use_res_connect, **se)
-        if expand:
-            flat.append(InvertedResidualConfig(**shape, expand_channels=expand[0][0]["out"], **common))
-        else:
-            flat.append(SeparableConfig(**shape, **common))
-    last, last_act = _cna(r, feats[-1], f"features.{len(feats) - 1}")
-    cls = list(model.classifier)
+    flat = [_block(r, blk, f"features.{idx}", v3) for idx, blk in enumerate(feats[1:-1], start=1)]
+    last, last_act = _cna(r, feats[-1], f"features.{len(feats) - 1}", kernel=1)
+    head = _classifier(r, model, v3)
     if v3:
         flat.append(ConvBNActConfig(out_channels=last["out"], kernel_size=last["k"], act=last_act))
-        head = dict(head="post_pool", head_channels=cls[0].out_features, head_act=act_name(cls[1], "classifier.1"),
-                    head_bias=cls[0].bias is not None, num_classes=cls[3].out_features, dropout=cls[2].p)  # fmt: skip
     else:
-        head = dict(head="pre_pool", head_channels=last["out"], head_act=last_act,
-                    num_classes=cls[1].out_features, dropout=cls[0].p)  # fmt: skip
-    return MobileNetConfig(
+        head.update(head="pre_pool", head_channels=last["out"], head_act=last_act)
+    config = MobileNetConfig(
         stages=_group_stages(flat, _STAGES.get((type(model).__name__, len(feats)))),
         stem_channels=stem["out"],
         stem_kernel=stem["k"],
@@ -127,6 +168,7 @@ def _config(model: Any) -> MobileNetConfig:
         norm=r.norm(),
         **head,
     )
+    return config, r.claimed
 
 
 # Blocks per stage of torchvision's tables (by class and len(features)), as the Flax builders group them: the
@@ -183,10 +225,10 @@ class TorchvisionReader:
     source = "torchvision"
 
     def describe(self, model: Any) -> Described:
-        config = _config(model)
+        config, claimed = _config(model)
         v3 = type(model).__name__ == "MobileNetV3"
         arch = "mobilenet_v2" if not v3 else "mobilenet_v3_large" if len(model.features) > 14 else "mobilenet_v3_small"
-        return Described(arch, self.source, MobileNet(config), config.in_channels, _names(config))
+        return Described(arch, self.source, MobileNet(config), config.in_channels, _names(config), claimed)
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
         import torchvision

@@ -1,0 +1,181 @@
+"""Every module of a torch model is accounted for: an edited model is refused, naming the module, not converted.
+
+Each supported family gets one edit of each kind (an activation, a pooling, a norm, a conv setting, an extra
+module); conversion and the export check must both refuse it with a ConversionError naming the module's path.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import torch_ref
+from flax_dsconv import ConversionError, from_torch, to_torch_state_dict
+
+tv = torchvision.models
+
+
+def _set(path: str, value: nn.Module):
+    """An edit that puts ``value`` at the dotted module ``path`` (a new attribute if it does not exist)."""
+
+    def edit(model: nn.Module) -> None:
+        *parents, last = path.split(".")
+        owner = model.get_submodule(".".join(parents)) if parents else model
+        if last.isdigit() and int(last) < len(owner):
+            owner[int(last)] = value
+        else:
+            owner.add_module(last, value)
+
+    return edit
+
+
+def _stride(path: str):
+    def edit(model: nn.Module) -> None:
+        model.get_submodule(path).stride = (2, 2)
+
+    return edit
+
+
+def _group_norm(path: str):
+    def edit(model: nn.Module) -> None:
+        _set(path, nn.GroupNorm(1, model.get_submodule(path).num_features))(model)
+
+    return edit
+
+
+FAMILIES = {
+    "torch_ref MobileNetV1": lambda: torch_ref.MobileNetV1(0.25, num_classes=10),
+    "torch_ref DepthwiseSeparableConv": lambda: torch_ref.DepthwiseSeparableConv(8, 16),
+    "torch_ref DSConv": lambda: torch_ref.DSConv(8, 16),
+    "torchvision mobilenet_v2": lambda: tv.mobilenet_v2(width_mult=0.5, num_classes=10),
+    "torchvision mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=10),
+    "timm mobilenetv1_100": lambda: timm.create_model("mobilenetv1_100", num_classes=10),
+    "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
+    "timm mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100", num_classes=10),
+}
+
+# family -> kind -> (edit, the path the error must name)
+EDITS = {
+    "torch_ref MobileNetV1": {
+        "activation": (_set("blocks.1.0.act", nn.ReLU6()), "blocks.1.0.act"),
+        "pooling": (_set("pool", nn.AdaptiveMaxPool2d(1)), "pool"),
+        "norm": (_group_norm("blocks.0.0.bn2"), "blocks.0.0.bn2"),
+        "conv setting": (_stride("blocks.0.0.conv_pw"), "blocks.0.0.conv_pw"),
+        "extra module": (_set("blocks.2.0.extra", nn.Hardswish()), "blocks.2.0.extra"),
+    },
+    "torch_ref DepthwiseSeparableConv": {
+        "activation": (_set("act", nn.SiLU()), "act"),
+        "norm": (_group_norm("bn1"), "bn1"),
+        "conv setting": (_stride("conv_pw"), "conv_pw"),
+        "extra module": (_set("extra", nn.Dropout(0.1)), "extra"),
+    },
+    "torch_ref DSConv": {
+        "activation": (_set("depthwise_sep_conv.2", nn.ReLU6()), "depthwise_sep_conv.2"),
+        "norm": (_group_norm("depthwise_sep_conv.4"), "depthwise_sep_conv.4"),
+        "conv setting": (_stride("depthwise_sep_conv.0"), "depthwise_sep_conv.0"),
+        "extra module": (_set("depthwise_sep_conv.6", nn.ReLU()), "depthwise_sep_conv.6"),
+    },
+    "torchvision mobilenet_v2": {
+        "activation": (_set("features.2.conv.0.2", nn.SiLU()), "features.2.conv.0.2"),
+        "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
+        "norm": (_group_norm("features.3.conv.1.1"), "features.3.conv.1.1"),
+        "conv setting": (_stride("features.2.conv.2"), "features.2.conv.2"),
+        "extra module": (_set("features.4.extra", nn.Hardswish()), "features.4.extra"),
+        "head": (_set("classifier", nn.Linear(1280, 10)), "classifier"),
+    },
+    "torchvision mobilenet_v3_small": {
+        "activation": (_set("features.4.block.0.2", nn.ReLU()), "features.4.block.0.2"),
+        "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
+        "squeeze-excite pooling": (
+            _set("features.1.block.1.avgpool", nn.AdaptiveMaxPool2d(1)),
+            "features.1.block.1.avgpool",
+        ),
+        "norm": (_group_norm("features.2.block.1.1"), "features.2.block.1.1"),
+        "conv setting": (_stride("features.4.block.3.0"), "features.4.block.3.0"),
+        "extra module": (_set("features.2.extra", nn.Dropout(0.5)), "features.2.extra"),
+        "head": (_set("classifier.0", nn.Identity()), "classifier.0"),
+    },
+    "timm mobilenetv1_100": {
+        "activation": (_set("blocks.1.0.bn2.act", nn.SiLU()), "blocks.1.0.bn2.act"),
+        "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
+        "norm": (_group_norm("blocks.1.0.bn1"), "blocks.1.0.bn1"),
+        "conv setting": (_stride("blocks.1.0.conv_pw"), "blocks.1.0.conv_pw"),
+        "extra module": (_set("blocks.2.0.extra", nn.ReLU()), "blocks.2.0.extra"),
+    },
+    "timm mobilenetv2_050": {
+        "activation": (_set("blocks.1.0.bn3.act", nn.ReLU()), "blocks.1.0"),
+        "pooling": (
+            _set("global_pool", timm.layers.SelectAdaptivePool2d(pool_type="max", flatten=True)),
+            "global_pool",
+        ),
+        "norm": (_group_norm("blocks.2.1.bn2"), "blocks.2.1.bn2"),
+        "conv setting": (_stride("blocks.1.0.conv_pwl"), "blocks.1.0.conv_pwl"),
+        "extra module": (_set("blocks.3.0.extra", nn.ReLU()), "blocks.3.0.extra"),
+        "drop path": (_set("blocks.3.0.drop_path", timm.layers.DropPath(0.2)), "blocks.3.0.drop_path"),
+    },
+    "timm mobilenetv3_small_100": {
+        "activation": (_set("blocks.1.0.bn2.act", nn.GELU()), "blocks.1.0.bn2.act"),
+        "supported activation": (_set("blocks.0.0.se.gate", nn.Sigmoid()), None),  # converts (test below)
+        "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
+        "norm": (_set("bn1", nn.BatchNorm2d(16)), None),  # plain BN: converts when the activation is kept
+        "norm without its activation": (_set("blocks.1.0.bn1", nn.BatchNorm2d(72)), "blocks.1.0"),
+        "conv setting": (_stride("blocks.0.0.se.conv_reduce"), "blocks.0.0.se.conv_reduce"),
+        "extra module": (_set("blocks.2.0.se.extra", nn.ReLU()), "blocks.2.0.se.extra"),
+        "head": (_set("norm_head", nn.BatchNorm2d(1024)), "norm_head"),
+    },
+}
+
+CASES = [(family, kind) for family, edits in EDITS.items() for kind in edits]
+
+
+@pytest.mark.parametrize("family,kind", CASES, ids=[f"{f}-{k}" for f, k in CASES])
+def test_an_edited_module_is_refused_naming_it_by_conversion_and_export(family, kind):
+    edit, path = EDITS[family][kind]
+    original = FAMILIES[family]()
+    module, variables = from_torch(original)
+    edited = copy.deepcopy(original)
+    edit(edited)
+    if path is None:  # an edit the config can express: converts, to something that computes what torch does
+        from_torch(edited)
+        return
+    # The path as a whole dotted name (so 'blocks.1.0' does not match inside 'blocks.1.0.x' by accident).
+    pattern = r"(^|[\s(:,])" + re.escape(path) + r"([:\s(,]|$)"
+    with pytest.raises(ConversionError, match=pattern):
+        from_torch(edited)
+    with pytest.raises(ConversionError, match=pattern):
+        to_torch_state_dict(module, variables, model=edited)
+
+
+def test_every_family_gets_every_kind_of_edit():
+    """The matrix above covers each family with activation, norm, conv-setting and extra-module edits, and
+    pooling wherever the family has a pooling module."""
+    for family, edits in EDITS.items():
+        assert {"activation", "norm", "conv setting", "extra module"} <= edits.keys(), family
+        has_pool = any("Pool" in type(m).__name__ for m in FAMILIES[family]().modules())
+        assert not has_pool or "pooling" in edits, family
+
+
+def test_a_converted_edit_computes_what_the_edited_torch_model_computes():
+    """Where the config can express an edit (timm's SE gate hard-sigmoid → sigmoid), the conversion follows it."""
+    import jax
+    import numpy as np
+    from conftest import assert_as_close_as_torch, channels_last, randomize_batchnorm, to_nhwc
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = timm.create_model("mobilenetv3_small_100", num_classes=10)
+    model.blocks[0][0].se.gate = nn.Sigmoid()
+    model = randomize_batchnorm(model, x)
+    module, variables = from_torch(model)
+    assert module.config.blocks[0].se_gate == "sigmoid"
+    with torch.no_grad():
+        torch32 = [{"logits": model(x).numpy()},
+                   {"logits": channels_last(model)(x.to(memory_format=torch.channels_last)).numpy()}]  # fmt: skip
+        exact = {"logits": copy.deepcopy(model).double()(x.double()).numpy()}
+    got = {"logits": np.asarray(jax.jit(module.apply)(variables, to_nhwc(x)))}
+    assert_as_close_as_torch("output", got, torch32, exact, "timm mobilenetv3_small_100 with a sigmoid SE gate")
