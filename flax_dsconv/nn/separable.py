@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -125,8 +126,10 @@ class DepthwiseSeparableConv(nn.Module):
 
 def separable_in_channels(variables: Any) -> int | None:
     """A DepthwiseSeparableConv's input channels, read off its variables' 4-D ``params/conv_dw/kernel`` (depth
-    multiplier 1), or None when there is no such kernel."""
-    kernel = variables.get("params", {}).get("conv_dw", {}).get("kernel")
+    multiplier 1), or None when there is no such kernel (nor a tree of dicts to hold one)."""
+    kernel: Any = variables
+    for key in ("params", "conv_dw", "kernel"):
+        kernel = kernel.get(key) if isinstance(kernel, Mapping) else None
     return None if kernel is None or jnp.ndim(kernel) != 4 else int(jnp.shape(kernel)[-1])
 
 

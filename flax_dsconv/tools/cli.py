@@ -90,7 +90,11 @@ def _convert(args: argparse.Namespace) -> int:
     except (ConversionError, OSError, TypeError, ValueError) as e:  # bad file, arch, config: a message, not a trace
         print(f"flax-dsconv convert: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
+    try:
+        out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
+    except (OSError, ValueError) as e:  # --out a file or a directory of other files, a full disk: nothing saved
+        print(f"flax-dsconv convert: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}/config.json and {out}/variables.msgpack ({args.source} {args.arch})")
     return 0
 
