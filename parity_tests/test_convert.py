@@ -171,7 +171,7 @@ def test_truncated_file_raises_naming_the_path(tmp_path):
     path = tmp_path / "cut.pth"
     torch.save(tv.mobilenet_v3_small().state_dict(), path)
     path.write_bytes(path.read_bytes()[:10_000])
-    with pytest.raises(ConversionError, match=r"could not read checkpoint .*cut\.pth"):
+    with pytest.raises(ConversionError, match=r"could not read the torch checkpoint .*cut\.pth"):
         from_torch(path, arch="mobilenet_v3_small", source="torchvision")
 
 
@@ -179,7 +179,7 @@ def test_truncated_safetensors_raises(tmp_path):
     path = tmp_path / "cut.safetensors"
     save_file(tv.mobilenet_v3_small().state_dict(), path)
     path.write_bytes(path.read_bytes()[:10_000])
-    with pytest.raises(ConversionError, match="could not read checkpoint"):
+    with pytest.raises(ConversionError, match=r"could not read the safetensors checkpoint .*cut\.safetensors"):
         from_torch(path, arch="mobilenet_v3_small", source="torchvision")
 
 
@@ -190,7 +190,7 @@ class _NotWeights:
 def test_pickled_objects_are_never_unpickled(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"payload": _NotWeights()}, path)
-    with pytest.raises(ConversionError, match="could not read checkpoint"):
+    with pytest.raises(ConversionError, match="could not read the torch checkpoint"):
         from_torch(path, arch="mobilenet_v3_small", source="torchvision")
 
 
@@ -465,3 +465,66 @@ def test_export_finds_torchvisions_width_multiplier_from_the_rounded_channels(wi
     variables = random_variables(module, jnp.ones((1, 32, 32, 3)))
     exported = to_torch_state_dict(module, variables, source="torchvision", reduced_tail=True)
     tv.mobilenet_v3_large(width_mult=width, reduced_tail=True).load_state_dict(exported, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ arguments and files
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"width_mult": "abc"}, r"width_mult='abc' \(must be a finite number > 0\)"),
+        ({"width_mult": 0}, r"width_mult=0 \(must be a finite number > 0\)"),
+        ({"width_mult": -1.0}, r"width_mult=-1\.0 "),
+        ({"width_mult": float("nan")}, r"width_mult=nan "),
+        ({"num_classes": "10"}, r"num_classes='10' \(must be an integer >= 0\)"),
+        ({"num_classes": -5}, r"num_classes=-5 "),
+        ({"dropout": 2.0}, r"dropout=2\.0 \(must be a number in \[0, 1\]\)"),
+    ],
+)
+def test_invalid_constructor_arguments_are_named_before_torch_sees_them(config, match):
+    sd = tv.mobilenet_v2().state_dict()
+    with pytest.raises(ConversionError, match=r"torchvision mobilenet_v2: invalid arguments " + match):
+        from_torch(sd, source="torchvision", arch="mobilenet_v2", **config)
+
+
+def test_a_constructor_failure_becomes_a_conversion_error_naming_the_arguments():
+    sd = torch_ref.DepthwiseSeparableConv(4, 8).state_dict()
+    with pytest.raises(ConversionError, match=r"cannot build the torch_ref 'depthwise_separable' .*act"):
+        from_torch(sd, source="torch_ref", arch="depthwise_separable", act="gelu_tanh")
+
+
+def test_timm_names_an_unknown_model_and_refuses_arguments_that_do_not_shape_it():
+    sd = timm.create_model("mobilenetv3_large_100").state_dict()
+    with pytest.raises(ConversionError, match=r"timm has no model 'mobilenetv3_lage_100'.*mobilenetv3_large_100"):
+        from_torch(sd, source="timm", arch="mobilenetv3_lage_100")
+    with pytest.raises(ConversionError, match=r"argument \['checkpoint_path'\] is not one that shapes the model"):
+        from_torch(sd, source="timm", arch="mobilenetv3_large_100", checkpoint_path="/tmp/other.pth")
+
+
+def test_a_path_given_as_bytes_is_a_type_error_naming_the_type():
+    with pytest.raises(TypeError, match=r"str or os\.PathLike, got bytes"):
+        from_torch(b"model.pth", source="torchvision", arch="mobilenet_v2")
+
+
+def test_the_file_format_is_read_off_its_bytes_not_its_name(tmp_path):
+    model = torch_ref.DepthwiseSeparableConv(4, 8)
+    expected = from_torch(model)[1]
+    safetensors_as_pth, torch_as_safetensors = tmp_path / "weights.pth", tmp_path / "weights.safetensors"
+    save_file(model.state_dict(), safetensors_as_pth)
+    torch.save(model.state_dict(), torch_as_safetensors)
+    for path in (safetensors_as_pth, torch_as_safetensors):
+        _, got = from_torch(path, source="torch_ref", arch="depthwise_separable")
+        chex.assert_trees_all_equal(got, expected)
+    garbage = tmp_path / "weights.bin"
+    garbage.write_bytes(b"\x00\x01not a checkpoint at all")
+    with pytest.raises(ConversionError, match=r"weights\.bin: neither a safetensors nor a torch checkpoint"):
+        from_torch(garbage, source="torch_ref", arch="depthwise_separable")
+
+
+def test_a_torch_file_of_objects_is_refused_without_advising_an_unsafe_load(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": torch_ref.DepthwiseSeparableConv(4, 8)}, path)  # a whole module: not weights_only
+    with pytest.raises(ConversionError, match=r"pickled\.pth.*holds objects other than tensors") as info:
+        from_torch(path, source="torch_ref", arch="depthwise_separable")
+    assert "weights_only=False" not in str(info.value)

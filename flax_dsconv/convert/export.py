@@ -13,7 +13,7 @@ from flax import traverse_util
 
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import LEAF_NAMES, TO_TORCH, Variables, check_keys, plan
-from flax_dsconv.convert.protocol import describe, reader_for
+from flax_dsconv.convert.protocol import check_arguments, describe, reader_for
 from flax_dsconv.models import MobileNet
 from flax_dsconv.nn import DepthwiseSeparableConv
 from flax_dsconv.shapes import abstract_variables, listed, misfits
@@ -53,6 +53,7 @@ def _target_for(module: nn.Module, variables: Variables, source: str | None, arc
     reader = reader_for(source, "to_torch_state_dict without model= (a torch module)")
     _computation(module)  # raises for a module no source has
     arch, base = reader.export_target(module, variables, arch, config)
+    check_arguments(f"{source} {arch}", config)
     try:
         return reader.skeleton(arch, {}, {**base, **config})
     except ConversionError:

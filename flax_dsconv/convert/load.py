@@ -13,7 +13,7 @@ from flax import traverse_util
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.files import load_state_dict
 from flax_dsconv.convert.plan import TO_FLAX, Variables, check_keys, plan, to_numpy
-from flax_dsconv.convert.protocol import describe, reader_for
+from flax_dsconv.convert.protocol import check_arguments, describe, reader_for
 from flax_dsconv.shapes import abstract_variables
 
 
@@ -38,11 +38,19 @@ def from_torch(
     >>> model, variables = from_torch(torchvision.models.mobilenet_v3_small())
     >>> logits = jax.jit(model.apply)(variables, images_nhwc)
     """
-    if isinstance(src, (str, os.PathLike)):
+    if isinstance(src, (str, os.PathLike, bytes)):
         src = load_state_dict(src)
     if isinstance(src, Mapping):
         state_dict = src
-        torch_model = reader_for(source, "a state_dict").skeleton(arch, state_dict, config)
+        reader = reader_for(source, "a state_dict")
+        check_arguments(f"{source} {arch}", config)
+        try:
+            torch_model = reader.skeleton(arch, state_dict, config)
+        except ConversionError:
+            raise
+        except Exception as error:  # the torch constructor refusing an argument (a type, a value, a name)
+            raise ConversionError(f"cannot build the {source} {arch!r} from arguments {config}: "
+                                  f"{type(error).__name__}: {error}") from error  # fmt: skip
     else:
         if config:
             raise TypeError(f"from a torch module everything is inferred; unexpected arguments {sorted(config)}")

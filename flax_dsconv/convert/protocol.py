@@ -7,6 +7,8 @@ Adding a source adds a reader module that registers itself here; nothing else br
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -53,6 +55,36 @@ class Reader(Protocol):
         """``(arch, constructor arguments)`` of the torch model ``module`` exports to, defaults read off
         ``module`` and overridden by ``config``."""
         ...
+
+
+# Constructor arguments shared by the sources, with the values a model can be built from: (check, what it must be).
+_ARGUMENTS: dict[str, tuple[Any, str]] = {
+    "width_mult": (lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+    "width_multiplier": (lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+    "num_classes": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "in_chans": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "in_channels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "out_channels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "dropout": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "drop_rate": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_arguments(what: str, config: Mapping[str, Any]) -> None:
+    """Refuse constructor arguments a model cannot be built from (``width_mult='abc'``, ``num_classes=-5``...),
+    naming each, before the torch constructor fails somewhere inside or rounds them into another model."""
+    bad = [f"{k}={v!r} (must be {_ARGUMENTS[k][1]})" for k, v in config.items()
+           if k in _ARGUMENTS and not _ARGUMENTS[k][0](v)]  # fmt: skip
+    if bad:
+        raise ConversionError(f"{what}: invalid arguments " + ", ".join(bad))
 
 
 _READERS: dict[str, Reader] = {}

@@ -18,6 +18,9 @@ from flax_dsconv.nn import BlockConfig, ConvBNActConfig, DepthwiseSeparableConv,
 from flax_dsconv.ops.activations import Activation
 
 PREFIXES = ("mobilenetv1_", "mobilenetv2_", "mobilenetv3_", "tf_mobilenetv3_")
+# The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
+# (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
+SHAPING_ARGUMENTS = frozenset({"num_classes", "in_chans", "drop_rate", "global_pool", "bn_eps", "bn_momentum"})
 
 
 def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
@@ -140,6 +143,13 @@ class TimmReader:
 
         if not arch or not arch.startswith(PREFIXES):
             raise ConversionError(f"timm arch must be a MobileNet model name ({', '.join(PREFIXES)}...), got {arch!r}")
+        if not timm.is_model(arch):
+            near = [n for n in timm.list_models(arch.split("_")[0] + "*") if n.startswith(PREFIXES)]
+            raise ConversionError(f"timm has no model {arch!r}; its MobileNets include {near[:12]}")
+        unknown = sorted(config.keys() - SHAPING_ARGUMENTS)
+        if unknown:  # e.g. checkpoint_path= or pretrained=: timm would load other weights or fetch them
+            raise ConversionError(f"timm {arch}: argument {unknown} is not one that shapes the model; accepted: "
+                                  f"{sorted(SHAPING_ARGUMENTS)}")  # fmt: skip
         return timm.create_model(arch, pretrained=False, **config)
 
     def export_target(
