@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
+import jax
+import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
@@ -70,8 +71,9 @@ def from_torch(
             problems.append(str(error))
             continue
         # Copy: numpy views torch's memory and jnp.asarray may alias it on CPU, so a later in-place torch
-        # update (a train-mode forward's running statistics) would silently change the Flax variables.
-        flat[e.flax_key] = jnp.array(arr, dtype=jnp.float32, copy=True)
+        # update (a train-mode forward's running statistics) would silently change the Flax variables. The cast
+        # is numpy's: jnp.array(arr, dtype=...) runs one eager XLA conversion per distinct shape (seconds a model).
+        flat[e.flax_key] = jax.device_put(np.array(arr, dtype=np.float32, copy=True))
     if problems:
         raise ConversionError(f"{len(problems)} tensors cannot be converted:\n  " + "\n  ".join(problems))
     return described.module, traverse_util.unflatten_dict(flat)
