@@ -58,6 +58,7 @@ FAMILIES = {
     "timm mobilenetv1_100": lambda: timm.create_model("mobilenetv1_100", num_classes=10),
     "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
     "timm mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100", num_classes=10),
+    "timm mobilenet_edgetpu_v2_xs": lambda: timm.create_model("mobilenet_edgetpu_v2_xs", num_classes=10),
 }
 
 # family -> kind -> (edit, the path the error must name)
@@ -128,6 +129,17 @@ EDITS = {
         "conv setting": (_stride("blocks.0.0.se.conv_reduce"), "blocks.0.0.se.conv_reduce"),
         "extra module": (_set("blocks.2.0.se.extra", nn.ReLU()), "blocks.2.0.se.extra"),
         "head": (_set("norm_head", nn.BatchNorm2d(1024)), "norm_head"),
+    },
+    # Edge residual blocks: blocks.1.0 dense and strided, blocks.1.1 grouped with a residual.
+    "timm mobilenet_edgetpu_v2_xs": {
+        "activation": (_set("blocks.1.0.bn2.act", nn.ReLU()), "blocks.1.0.bn2.act"),  # the projection is linear
+        "unsupported activation": (_set("blocks.1.1.bn1.act", nn.GELU()), "blocks.1.1.bn1.act"),
+        "supported activation": (_set("blocks.1.0.bn1.act", nn.ReLU6()), None),  # the block's act: converts
+        "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
+        "norm": (_group_norm("blocks.1.1.bn1"), "blocks.1.1.bn1"),
+        "conv setting": (_stride("blocks.1.1.conv_pwl"), "blocks.1.1.conv_pwl"),
+        "extra module": (_set("blocks.1.1.extra", nn.ReLU()), "blocks.1.1.extra"),
+        "drop path": (_set("blocks.1.1.drop_path", timm.layers.DropPath(0.2)), "blocks.1.1.drop_path"),
     },
 }
 

@@ -14,10 +14,29 @@ from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
 from flax_dsconv.convert.torch_layers import TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
-from flax_dsconv.nn import BlockConfig, ConvBNActConfig, DepthwiseSeparableConv, InvertedResidualConfig, SeparableConfig
+from flax_dsconv.nn import (
+    BlockConfig,
+    ConvBNActConfig,
+    DepthwiseSeparableConv,
+    EdgeResidualConfig,
+    InvertedResidualConfig,
+    SeparableConfig,
+)
 from flax_dsconv.ops.activations import Activation
 
-PREFIXES = ("mobilenetv1_", "mobilenetv2_", "mobilenetv3_", "tf_mobilenetv3_")
+PREFIXES = (
+    "mobilenetv1_",
+    "mobilenetv2_",
+    "mobilenetv3_",
+    "tf_mobilenetv3_",
+    # Built of edge residual blocks too: EfficientNet-EdgeTPU (mobilenet_edgetpu_*, efficientnet_es/em/el),
+    # EfficientNetV2.
+    "mobilenet_edgetpu_",
+    "efficientnet_e",
+    "tf_efficientnet_e",
+    "efficientnetv2_",
+    "tf_efficientnetv2_",
+)
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
 SHAPING_ARGUMENTS = frozenset({"num_classes", "in_chans", "drop_rate", "global_pool", "bn_eps", "bn_momentum"})
@@ -68,6 +87,20 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                                   "projection")  # fmt: skip
         return InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                       expand_channels=pw["out"], act=act, skip=blk.has_skip, **se)  # fmt: skip
+    if name == "EdgeResidual":
+        # timm's force_in_chs (EdgeTPU's first block) changes only the expansion width and noskip only has_skip,
+        # both read off the module. A pw_kernel_size other than 1 (no timm model has one) fails the 1x1 check.
+        exp = r.conv(blk.conv_exp, f"{where}.conv_exp", grouped=True)
+        act = r.bn(blk.bn1, f"{where}.bn1")
+        se = _se(r, blk, where)
+        pwl = r.conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
+        pwl_act = r.bn(blk.bn2, f"{where}.bn2")
+        if pwl_act != "identity":
+            raise ConversionError(f"{where}.bn2.act: activation {pwl_act} after the projection; expected none "
+                                  "(the edge residual block's projection is linear)")  # fmt: skip
+        return EdgeResidualConfig(out_channels=pwl["out"], kernel_size=exp["k"], stride=exp["s"], dilation=exp["d"],
+                                  expand_channels=exp["out"], groups=exp["groups"], act=act, skip=blk.has_skip,
+                                  **se)  # fmt: skip
     if name == "ConvBnAct":
         conv = r.conv(blk.conv, f"{where}.conv")
         return ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"], dilation=conv["d"],

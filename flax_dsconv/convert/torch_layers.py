@@ -77,9 +77,10 @@ class TorchReader:
         self.claimed[id(module)] = where
 
     def conv(self, conv: Any, where: str, *, kernel: int | None = None, stride: int | None = None,
-             depthwise: bool = False) -> dict[str, Any]:  # fmt: skip
+             depthwise: bool = False, grouped: bool = False) -> dict[str, Any]:  # fmt: skip
         """A conv's settings. ``kernel``/``stride``: the values the config implies (e.g. 1 for a 1x1 conv);
-        ``depthwise``: one group per input channel (else a dense conv, one group)."""
+        ``depthwise``: one group per input channel; ``grouped``: any group count, which the config records
+        (``groups`` in the result); else a dense conv, one group."""
         expect_type(conv, where, CONVS, "a convolution")
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if len({*conv.kernel_size}) > 1 or len({*conv.stride}) > 1 or len({*conv.dilation}) > 1:
@@ -90,7 +91,7 @@ class TorchReader:
                                       f", expected {want} at this position")  # fmt: skip
         if k == 1 and d != 1:
             raise ConversionError(f"{where}: a 1x1 conv with dilation={conv.dilation} is not supported")
-        groups = conv.in_channels if depthwise else 1
+        groups = conv.in_channels if depthwise else conv.groups if grouped else 1
         if conv.groups != groups or (depthwise and conv.out_channels != conv.in_channels):
             what = "a depthwise conv (groups = in = out channels)" if depthwise else "a dense conv (groups=1)"
             raise ConversionError(f"{where}: groups={conv.groups}, in={conv.in_channels}, out={conv.out_channels}; "

@@ -1,11 +1,12 @@
 """Linen modules on :mod:`flax_dsconv.ops`: layers, and one file per block family with its config.
 
-Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``) mirror timm's attribute
-names: they are the conversion keys, and never depend on Flax's automatic naming.
+Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``) mirror timm's
+attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
 """
 
 from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv, conv_kernel_init, full_conv
 from flax_dsconv.nn.conv_bn_act import ConvBNAct, ConvBNActConfig
+from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, block_from_dict, block_to_dict, build_block
@@ -21,6 +22,8 @@ __all__ = [
     "ConvBNActConfig",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
+    "EdgeResidual",
+    "EdgeResidualConfig",
     "InvertedResidual",
     "InvertedResidualConfig",
     "PointwiseConv",

@@ -125,11 +125,18 @@ def full_conv(
     padding: PaddingLike = "torch",
     dilation: int = 1,
     *,
+    groups: int = 1,
     use_bias: bool = False,
     dtype: Dtype | None = None,
     name: str | None = None,
 ) -> nn.Conv:
-    """A dense k x k ``nn.Conv`` (kernel ``(k, k, in, out)``) with this package's padding modes.
+    """A k x k ``nn.Conv``, dense unless grouped (kernel ``(k, k, in // groups, out)``), with this package's
+    padding modes.
+
+    ``groups`` splits input and output channels into that many groups, each convolved on its own (torch's
+    ``groups``, Flax's ``feature_group_count``; both frameworks order the groups alike). The initializer sees the
+    grouped kernel shape, so its fans are the ones torch's ``kaiming_normal_`` computes for the same conv:
+    ``k·k·in/groups`` in, ``k·k·out`` out.
 
     Padding past the kernel's reach ``(k - 1)·d`` raises: XLA:CPU computes the input gradient of such a conv
     from memory outside its buffer (see :func:`~flax_dsconv.ops.padding.past_reach`). Pad the input with
@@ -144,12 +151,15 @@ def full_conv(
             f"{reach} pixels; XLA:CPU gets the input gradient of such a conv wrong "
             "(openxla/xla#48713): pad the input with jnp.pad first"
         )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or features % groups:
+        raise ValueError(f"full_conv: groups must be a positive int dividing features={features}, got {groups!r}")
     return nn.Conv(
         features,
         kernel,
         strides=as_pair(strides, "strides"),
         padding=resolved,
         kernel_dilation=dil,
+        feature_group_count=groups,
         use_bias=use_bias,
         dtype=dtype,
         kernel_init=conv_kernel_init,
