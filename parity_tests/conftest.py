@@ -17,12 +17,15 @@ __all__ = [
     "FLOOR",
     "assert_as_close_as_torch",
     "assert_close",
+    "assert_model_matches_torch",
     "bound",
     "channels_last",
     "photo_batch",
+    "random_timm",
     "random_variables",
     "randomize_batchnorm",
     "relative_error",
+    "stage_outputs",
     "to_nchw",
     "to_nhwc",
 ]
@@ -108,18 +111,99 @@ def random_variables(module, x, seed: int = 0, fan: str = "in") -> dict:
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def photo_batch(resolution: int, seed: int = 0) -> torch.Tensor:
-    """NCHW float batch: a real photo (scikit-learn's sample image, resized, ImageNet-normalised) and noise."""
+def photo_batch(resolution: int | tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """NCHW float batch: a real photo (scikit-learn's sample image, resized, ImageNet-normalised) and noise;
+    ``resolution`` is the side of a square, or ``(height, width)``."""
     from sklearn.datasets import load_sample_images
 
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     image = torch.from_numpy(load_sample_images().images[0].copy()).permute(2, 0, 1)[None].float() / 255
-    image = torch.nn.functional.interpolate(image, size=(resolution, resolution), mode="bilinear", antialias=True)
+    image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    noise = torch.randn((1, 3, resolution, resolution), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(seed))
     return torch.cat([(image - mean) / std, noise])
+
+
+def random_timm(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """``timm.create_model(name, **kwargs)`` with random weights, built without timm's initialisation (seconds
+    for a large EfficientNet, and the tests overwrite it anyway): He-normal kernels, N(0, 0.1²) biases, and
+    every other 1-D parameter (LayerScale's gamma: 1e-5 at init would make its block near the identity and hide
+    a wrong branch) uniform in [0.5, 1.5). Models holding buffers other than BatchNorm statistics (a blur
+    filter) are built by timm as usual, then get the same weights. Pass the result to
+    :func:`randomize_batchnorm`."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, **kwargs)
+    norms = (torch.nn.modules.batchnorm._BatchNorm,)
+    own_buffers = [b for m in model.modules() if not isinstance(m, norms) for b in m.buffers(recurse=False)]
+    model = timm.create_model(name, **kwargs) if own_buffers else model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0, (2 / p[0].numel()) ** 0.5, generator=g)
+            elif pname.endswith("bias"):
+                p.normal_(0, 0.1, generator=g)
+            else:
+                p.uniform_(0.5, 1.5, generator=g)
+        for m in model.modules():
+            if isinstance(m, norms):
+                m.reset_running_stats()
+    return model
 
 
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+def stage_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Torch logits, and the outputs of the stem and of every stage in flax_dsconv's stage order."""
+    import torchvision
+
+    import torch_ref
+    from flax_dsconv import from_torch
+
+    tv = torchvision.models
+    outputs = []
+    if isinstance(model, (tv.MobileNetV2, tv.MobileNetV3)):
+        module, _ = from_torch(model)
+        ends = np.cumsum([len(s) for s in module.config.stages])
+        layers = [model.features[0]] + [model.features[e] for e in ends]
+    elif isinstance(model, torch_ref.MobileNetV1):
+        layers = [model.act, *model.blocks]
+    else:
+        layers = [model.bn1, *model.blocks]
+    hooks = [m.register_forward_hook(lambda m, a, out: outputs.append(out.detach().numpy())) for m in layers]
+    with torch.no_grad():
+        logits = model(x).numpy()
+    for h in hooks:
+        h.remove()
+    return logits, outputs
+
+
+def assert_model_matches_torch(model: torch.nn.Module, x: torch.Tensor, label: str):
+    """Convert ``model`` (eval mode, weights as they are) and compare the stem, every stage and the logits on NCHW
+    ``x`` with PyTorch's by the suite's float64-referenced rule (both torch memory formats setting the bound), and
+    the parameter counts. Returns ``(module, variables, summary)``."""
+    from flax_dsconv import count_params, from_torch
+
+    expected_logits, expected_stages = stage_outputs(model, x)
+    nhwc_logits, nhwc_stages = stage_outputs(channels_last(model), x.to(memory_format=torch.channels_last))
+    exact_logits, exact_stages = stage_outputs(copy.deepcopy(model).double(), x.double())
+    module, variables = from_torch(model)
+    assert count_params(variables) == sum(p.numel() for p in model.parameters()), label
+    logits, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))(variables, to_nhwc(x))
+    inter = state["intermediates"]
+    n = len(module.config.stages)
+    got = [inter["stem"][0]] + [inter[f"stage{s}"][0] for s in range(n)]
+    assert len(got) == len(expected_stages), label
+    names = ["stem"] + [f"stage{s}" for s in range(n)] + ["logits"]
+    flax = dict(zip(names, [*map(to_nchw, got), np.asarray(logits)], strict=True))
+    torch32 = [dict(zip(names, [*stages, out], strict=True))
+               for stages, out in ((expected_stages, expected_logits), (nhwc_stages, nhwc_logits))]  # fmt: skip
+    exact = dict(zip(names, [*exact_stages, exact_logits], strict=True))
+    assert float(np.abs(exact_logits).max()) > 0.1, label  # logits that can show a wrong conversion
+    return module, variables, assert_as_close_as_torch("output", flax, torch32, exact, label)

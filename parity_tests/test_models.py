@@ -8,7 +8,14 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import assert_as_close_as_torch, channels_last, photo_batch, randomize_batchnorm, to_nchw, to_nhwc
+from conftest import (
+    assert_as_close_as_torch,
+    assert_model_matches_torch,
+    channels_last,
+    photo_batch,
+    randomize_batchnorm,
+    to_nhwc,
+)
 
 import torch_ref
 from flax_dsconv import count_params, from_torch
@@ -29,25 +36,6 @@ MODELS = {
 }
 
 
-def stage_outputs(model, x):
-    """Torch outputs of the stem and of every stage, in flax_dsconv's stage order."""
-    outputs = []
-    if isinstance(model, (tv.MobileNetV2, tv.MobileNetV3)):
-        module, _ = from_torch(model)
-        ends = np.cumsum([len(s) for s in module.config.stages])
-        layers = [model.features[0]] + [model.features[e] for e in ends]
-    elif isinstance(model, torch_ref.MobileNetV1):
-        layers = [model.act, *model.blocks]
-    else:
-        layers = [model.bn1, *model.blocks]
-    hooks = [m.register_forward_hook(lambda m, a, out: outputs.append(out.detach().numpy())) for m in layers]
-    with torch.no_grad():
-        logits = model(x).numpy()
-    for h in hooks:
-        h.remove()
-    return logits, outputs
-
-
 # Every model at 224; an odd size (193: odd feature maps at every stride-2, TF 'SAME' padding asymmetric) for
 # every torch_ref and torchvision configuration and one timm model per family and padding rule.
 ODD_SIZE = {name for name in MODELS if not name.startswith("timm/")} | {
@@ -62,27 +50,8 @@ CASES = [(name, 224) for name in sorted(MODELS)] + [(name, 193) for name in sort
 def test_logits_and_every_stage_match_torch(name, resolution):
     x = photo_batch(resolution)
     model = randomize_batchnorm(MODELS[name](), x)
-    expected_logits, expected_stages = stage_outputs(model, x)
-    nhwc_logits, nhwc_stages = stage_outputs(channels_last(model), x.to(memory_format=torch.channels_last))
-    module, variables = from_torch(model)
-    exact_logits, exact_stages = stage_outputs(copy.deepcopy(model).double(), x.double())
-    assert count_params(variables) == sum(p.numel() for p in model.parameters())
-
-    @jax.jit
-    def forward(variables, x):
-        return module.apply(variables, x, mutable=["intermediates"])
-
-    logits, state = forward(variables, to_nhwc(x))
-    inter = state["intermediates"]
-    got_stages = [inter["stem"][0]] + [inter[f"stage{s}"][0] for s in range(len(module.config.stages))]
-    assert len(got_stages) == len(expected_stages)
-    # Each stage (so that a failure names where parity breaks) and the logits, by the suite's rule.
-    names = ["stem"] + [f"stage{s}" for s in range(len(module.config.stages))] + ["logits"]
-    flax = dict(zip(names, [*map(to_nchw, got_stages), np.asarray(logits)], strict=True))
-    torch32 = [dict(zip(names, [*stages, out], strict=True))
-               for stages, out in ((expected_stages, expected_logits), (nhwc_stages, nhwc_logits))]  # fmt: skip
-    exact = dict(zip(names, [*exact_stages, exact_logits], strict=True))
-    print(assert_as_close_as_torch("output", flax, torch32, exact, name))
+    _, _, summary = assert_model_matches_torch(model, x, f"{name} at {resolution}")
+    print(summary)
 
 
 def test_eager_and_jitted_logits_are_each_as_close_to_float64_as_torch():

@@ -62,6 +62,10 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     if type(aa).__name__ not in ("NoneType", "Identity"):
         raise ConversionError(f"{where}.aa: anti-aliased downsampling ({type(aa).__name__}) is not supported")
     r.identity(aa, f"{where}.aa")
+    s2d = getattr(blk, "conv_s2d", None)
+    if s2d is not None:  # EfficientNet-X/H; checked first, as its SAME padding would read as mixed padding rules
+        raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2, before the "
+                              "depthwise conv) is not supported")  # fmt: skip
     r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
     if name == "DepthwiseSeparableConv":
         dw = r.conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)

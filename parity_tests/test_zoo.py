@@ -1,0 +1,65 @@
+"""timm's mobile zoo: every model of timm's EfficientNet-builder files converts, with its logits and every stage as
+close to float64 as PyTorch's, or is refused with its reason (``flax_dsconv.convert.timm_zoo.REFUSED``)."""
+
+import pytest
+import timm
+import torch
+from conftest import assert_model_matches_torch, photo_batch, random_timm, randomize_batchnorm
+
+from flax_dsconv import ConversionError
+from flax_dsconv.convert.protocol import describe
+from flax_dsconv.convert.timm_zoo import REFUSED, ZOO_MODULES, refused_reason, zoo_names
+
+ZOO = zoo_names()
+REFUSED_NAMES = sorted(n for names in REFUSED.values() for n in names)
+# test_models.py compares these (with every torchvision and torch_ref MobileNet).
+IN_TEST_MODELS = set(timm.list_models("*mobilenetv[123]*"))
+CONVERTED = [n for n in ZOO if refused_reason(n) is None and n not in IN_TEST_MODELS]
+
+# One model per family and padding rule also at an odd, non-square size: odd maps at every stride 2, where TF
+# 'SAME' pads asymmetrically and differently along each axis.
+ODD = (97, 131)
+ODD_SIZE = (
+    "efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_lite0", "tinynet_e",
+    "mnasnet_100", "semnasnet_100", "mnasnet_small", "spnasnet_100", "fbnetc_100", "fbnetv3_b", "lcnet_100",
+    "hardcorenas_a", "efficientnet_es", "tf_efficientnet_es", "efficientnetv2_rw_t", "tf_efficientnetv2_b0",
+    "mobilenet_edgetpu_100", "mobilenet_edgetpu_v2_xs",
+)  # fmt: skip
+
+
+def test_the_zoo_is_every_model_timm_builds_from_its_efficientnet_blocks():
+    assert len(ZOO) >= 154, ZOO_MODULES
+    assert len(REFUSED_NAMES) == len(set(REFUSED_NAMES)), "a name is refused for two reasons"
+    assert set(REFUSED_NAMES) <= set(ZOO), f"refused names timm does not have: {set(REFUSED_NAMES) - set(ZOO)}"
+    assert set(ZOO) == set(CONVERTED) | set(REFUSED_NAMES) | (IN_TEST_MODELS & set(ZOO))
+    assert set(ODD_SIZE) <= set(CONVERTED)
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES)
+def test_a_refused_model_raises_a_conversion_error_naming_the_module(name):
+    with torch.device("meta"):  # the structure is all the reader looks at
+        model = timm.create_model(name)
+    with pytest.raises(ConversionError, match=r"^(blocks\.\d+\.\d+[.:]|bn1[.:]|conv_stem[.:]|norm_head[.:])"):
+        describe(model)
+
+
+def _resolution(name: str, model: torch.nn.Module) -> int:
+    """timm's default input size; for the largest models a smaller one (the float64 reference of a 66M-parameter
+    EfficientNet-B7 at 600 pixels alone takes minutes on 2 cores)."""
+    params = sum(p.numel() for p in model.parameters())
+    default = model.pretrained_cfg["input_size"][-1]
+    return default if params <= 15e6 else 160 if params <= 100e6 else 64
+
+
+CASES = [(name, "default") for name in CONVERTED] + [(name, "odd") for name in ODD_SIZE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", CASES)
+def test_logits_and_every_stage_match_torch(name, size):
+    model = random_timm(name)
+    resolution = _resolution(name, model) if size == "default" else ODD
+    x = photo_batch(resolution)
+    model = randomize_batchnorm(model, x)
+    _, _, summary = assert_model_matches_torch(model, x, f"{name} at {resolution}")
+    print(summary)
