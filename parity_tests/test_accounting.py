@@ -59,6 +59,7 @@ FAMILIES = {
     "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
     "timm mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100", num_classes=10),
     "timm mobilenet_edgetpu_v2_xs": lambda: timm.create_model("mobilenet_edgetpu_v2_xs", num_classes=10),
+    "timm mobilenetv4_conv_small": lambda: timm.create_model("mobilenetv4_conv_small", num_classes=10),
 }
 
 # family -> kind -> (edit, the path the error must name)
@@ -128,7 +129,8 @@ EDITS = {
         "norm without its activation": (_set("blocks.1.0.bn1", nn.BatchNorm2d(72)), "blocks.1.0"),
         "conv setting": (_stride("blocks.0.0.se.conv_reduce"), "blocks.0.0.se.conv_reduce"),
         "extra module": (_set("blocks.2.0.se.extra", nn.ReLU()), "blocks.2.0.se.extra"),
-        "head": (_set("norm_head", nn.BatchNorm2d(1024)), "norm_head"),
+        "head": (_set("norm_head", nn.GroupNorm(1, 1024)), "norm_head"),
+        "head norm": (_set("norm_head", nn.BatchNorm2d(1024)), None),  # BN then act2: converts (test_mobilenetv4)
     },
     # Edge residual blocks: blocks.1.0 dense and strided, blocks.1.1 grouped with a residual.
     "timm mobilenet_edgetpu_v2_xs": {
@@ -140,6 +142,22 @@ EDITS = {
         "conv setting": (_stride("blocks.1.1.conv_pwl"), "blocks.1.1.conv_pwl"),
         "extra module": (_set("blocks.1.1.extra", nn.ReLU()), "blocks.1.1.extra"),
         "drop path": (_set("blocks.1.1.drop_path", timm.layers.DropPath(0.2)), "blocks.1.1.drop_path"),
+    },
+    # Universal inverted residuals: blocks.2.0 ExtraDW (stride on dw_mid), blocks.2.1 IB with a residual.
+    "timm mobilenetv4_conv_small": {
+        "activation": (_set("blocks.2.1.dw_mid.bn.act", nn.ReLU6()), "blocks.2.1.dw_mid.bn.act"),  # pw_exp's ReLU
+        "start activation": (_set("blocks.2.0.dw_start.bn.act", nn.ReLU()), "blocks.2.0.dw_start.bn.act"),
+        "projection activation": (_set("blocks.2.1.pw_proj.bn.act", nn.ReLU()), "blocks.2.1.pw_proj.bn.act"),
+        "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
+        "norm": (_group_norm("blocks.2.1.pw_exp.bn"), "blocks.2.1.pw_exp.bn"),
+        "conv setting": (_stride("blocks.2.1.pw_proj.conv"), "blocks.2.1.pw_proj.conv"),
+        "stride placement": (_stride("blocks.2.0.dw_start.conv"), "blocks.2.0.dw_start.conv"),  # dw_mid has it
+        "extra module": (_set("blocks.2.1.extra", nn.ReLU()), "blocks.2.1.extra"),
+        "squeeze-excite": (_set("blocks.2.1.se", timm.layers.SqueezeExcite(192)), "blocks.2.1.se"),
+        "layer scale": (_set("blocks.2.1.layer_scale", timm.layers.LayerScale2d(96)), None),  # converts
+        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), "blocks.2.1.drop_path"),
+        "head": (_group_norm("norm_head"), "norm_head"),
+        "head activation": (_set("act2", nn.ReLU()), "act2"),  # a second one, after norm_head's
     },
 }
 

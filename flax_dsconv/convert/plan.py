@@ -27,6 +27,7 @@ LEAF_NAMES = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
+    ("params", "gamma"): "gamma",  # LayerScale: timm's LayerScale2d holds its per-channel scale as `gamma` too
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }

@@ -21,6 +21,7 @@ from flax_dsconv.nn import (
     EdgeResidualConfig,
     InvertedResidualConfig,
     SeparableConfig,
+    UniversalInvertedResidualConfig,
 )
 from flax_dsconv.ops.activations import Activation
 
@@ -36,6 +37,9 @@ PREFIXES = (
     "tf_efficientnet_e",
     "efficientnetv2_",
     "tf_efficientnetv2_",
+    # MobileNetV4's conv models (universal inverted residuals, a norm after pooling); its anti-aliased (conv_aa,
+    # conv_blur) and hybrid models are read and refused at the module they need (AvgPool/BlurPool, attention).
+    "mobilenetv4_",
 )
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
@@ -54,6 +58,67 @@ def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
     r.conv(se.conv_expand, f"{where}.se.conv_expand", kernel=1, stride=1)
     return dict(se_channels=reduce["out"], se_act=r.act(se.act1, f"{where}.se.act1"),
                 se_gate=r.act(se.gate, f"{where}.se.gate"))  # fmt: skip
+
+
+def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[str, Any], Activation]:
+    """timm's ``ConvNormAct`` (``conv``, ``bn`` with its activation inside, anti-aliasing ``aa`` when strided
+    in the _aa models): the conv's settings (``conv``: :meth:`TorchReader.conv`'s checks) and the activation."""
+    expect_type(cna, where, ("ConvNormAct",), "a conv + norm (ConvNormAct)")
+    aa = getattr(cna, "aa", None)
+    if type(aa).__name__ not in ("NoneType", "Identity"):  # the conv then runs at stride 1, the pool downsamples
+        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({type(aa).__name__} after a stride-1 conv) "
+                              "is not supported")  # fmt: skip
+    r.identity(aa, f"{where}.aa")
+    return r.conv(cna.conv, f"{where}.conv", **conv), r.bn(cna.bn, f"{where}.bn")
+
+
+def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResidualConfig:
+    """timm's ``UniversalInvertedResidual``: its optional depthwise convs, each where timm puts it, with the
+    activations and the stride placement the Flax block has."""
+    exp, act = _conv_norm(r, blk.pw_exp, f"{where}.pw_exp", kernel=1, stride=1)
+    # Which activation each depthwise conv must have: only dw_mid's has one, the expansion's.
+    depthwise: dict[str, dict[str, Any]] = {}
+    for name, want in (("dw_start", "identity"), ("dw_mid", act), ("dw_end", "identity")):
+        module = getattr(blk, name)
+        if type(module).__name__ == "Identity":
+            r.identity(module, f"{where}.{name}")
+            continue
+        depthwise[name], got = _conv_norm(r, module, f"{where}.{name}", depthwise=True)
+        if got != want:
+            raise ConversionError(f"{where}.{name}.bn.act: activation {got}; expected "
+                                  f"{'none' if want == 'identity' else want} (in a universal inverted residual "
+                                  "only pw_exp and dw_mid have one, the same)")  # fmt: skip
+    r.identity(blk.se, f"{where}.se")  # no MobileNetV4 has one, nor does the Flax block
+    proj, proj_act = _conv_norm(r, blk.pw_proj, f"{where}.pw_proj", kernel=1, stride=1)
+    if proj_act != "identity":
+        raise ConversionError(f"{where}.pw_proj.bn.act: activation {proj_act} after the projection; expected none")
+    strided = next((n for n in ("dw_mid", "dw_start", "dw_end") if n in depthwise), None)
+    for name, conv in depthwise.items():
+        if name != strided and conv["s"] != 1:
+            raise ConversionError(f"{where}.{name}.conv: stride {conv['s']}; expected 1 (the block's stride is on "
+                                  f"{strided}, as timm builds it)")  # fmt: skip
+    dilations = {name: conv["d"] for name, conv in depthwise.items()}
+    if len(set(dilations.values())) > 1:
+        raise ConversionError(f"{where}: depthwise dilations {dilations}; expected one dilation for all")
+    layer_scale = type(blk.layer_scale).__name__ != "Identity"
+    if layer_scale:
+        expect_type(blk.layer_scale, f"{where}.layer_scale", ("LayerScale2d",), "a layer scale")
+        r.claim(blk.layer_scale, f"{where}.layer_scale")
+    else:
+        r.identity(blk.layer_scale, f"{where}.layer_scale")
+    kernel = {name: conv["k"] for name, conv in depthwise.items()}
+    return UniversalInvertedResidualConfig(
+        out_channels=proj["out"],
+        expand_channels=exp["out"],
+        start_kernel_size=kernel.get("dw_start", 0),
+        kernel_size=kernel.get("dw_mid", 0),
+        end_kernel_size=kernel.get("dw_end", 0),
+        stride=depthwise[strided]["s"] if strided else 1,
+        dilation=next(iter(dilations.values()), 1),
+        act=act,
+        layer_scale=layer_scale,
+        skip=blk.has_skip,
+    )
 
 
 def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
@@ -105,6 +170,8 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
         return EdgeResidualConfig(out_channels=pwl["out"], kernel_size=exp["k"], stride=exp["s"], dilation=exp["d"],
                                   expand_channels=exp["out"], groups=exp["groups"], act=act, skip=blk.has_skip,
                                   **se)  # fmt: skip
+    if name == "UniversalInvertedResidual":
+        return _universal_ir(r, blk, where)
     if name == "ConvBnAct":
         conv = r.conv(blk.conv, f"{where}.conv")
         return ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"], dilation=conv["d"],
@@ -116,7 +183,7 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     kind = type(model).__name__
     if kind not in ("EfficientNet", "MobileNetV3"):
-        raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3")
+        raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3/V4")
     stem = r.conv(model.conv_stem, "conv_stem")
     stem_act = r.bn(model.bn1, "bn1")
     stages = tuple(tuple(_block(r, blk, f"blocks.{s}.{i}") for i, blk in enumerate(stage))
@@ -124,17 +191,25 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
 
     head: Literal["none", "pre_pool", "post_pool"] = "none"
     head_act: Activation = "relu"
-    head_channels, head_bias = 0, False
+    head_channels, head_bias, head_norm = 0, False, False
     if type(model.conv_head).__name__ != "Identity":
         h = r.conv(model.conv_head, "conv_head", kernel=1, stride=1)
         head_channels, head_bias = h["out"], h["bias"]
         if kind == "EfficientNet":
             head, head_act = "pre_pool", r.bn(model.bn2, "bn2")
         else:
-            if type(model.norm_head).__name__ != "Identity":
-                raise ConversionError("norm_head: a norm after pooling is not supported")
-            r.identity(model.norm_head, "norm_head")
-            head, head_act = "post_pool", r.act(model.act2, "act2")
+            head = "post_pool"
+            norm_act: Activation = "identity"
+            if type(model.norm_head).__name__ == "Identity":
+                r.identity(model.norm_head, "norm_head")
+            else:  # MobileNetV4: the activation sits inside norm_head (a BatchNormAct2d) and act2 is Identity
+                head_norm, norm_act = True, r.bn(model.norm_head, "norm_head")
+            head_act = r.act(model.act2, "act2")
+            if norm_act != "identity":
+                if head_act != "identity":
+                    raise ConversionError(f"act2: activation {head_act} after norm_head's {norm_act}; expected "
+                                          "one activation in the head")  # fmt: skip
+                head_act = norm_act
     else:
         r.identity(model.conv_head, "conv_head")
         for name in ("bn2", "norm_head", "act2"):
@@ -158,6 +233,7 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
         head_channels=head_channels,
         head_act=head_act,
         head_bias=head_bias,
+        head_norm=head_norm,
         num_classes=num_classes,
         dropout=float(model.drop_rate),
         in_channels=model.conv_stem.in_channels,

@@ -25,7 +25,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MobileNetConfig:
     """A whole network. ``head``: ``'none'``; ``'pre_pool'`` (1x1 conv + BN + act before pooling, V2);
-    ``'post_pool'`` (1x1 conv after pooling, then act, V3's Linear(960, 1280) + hard-swish).
+    ``'post_pool'`` (1x1 conv after pooling, then act, V3's Linear(960, 1280) + hard-swish), with a BatchNorm
+    between conv and act when ``head_norm`` (V4's ``norm_head``, on the pooled 1x1 map: in train mode it
+    normalises over the batch alone, so it needs a batch of 2 or more, as in torch).
     ``padding``: ``'torch'`` (symmetric) or ``'SAME'`` (TF-ported weights)."""
 
     stages: tuple[tuple[BlockConfig, ...], ...]
@@ -37,11 +39,17 @@ class MobileNetConfig:
     head_channels: int = 0
     head_act: Activation = "relu"
     head_bias: bool = False
+    head_norm: bool = False
     num_classes: int = 1000
     dropout: float = 0.0
     in_channels: int = 3
     padding: Padding = "torch"
     norm: BatchNormConfig = BatchNormConfig()
+
+    def __post_init__(self) -> None:
+        if self.head_norm and self.head != "post_pool":
+            raise ValueError(f"head_norm=True is the post_pool head's norm; head={self.head!r} has none "
+                             "(pre_pool's BatchNorm is always there)")  # fmt: skip
 
     @property
     def blocks(self) -> tuple[BlockConfig, ...]:
@@ -56,6 +64,7 @@ class MobileNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MobileNetConfig:
+        """The config :meth:`to_dict` wrote; fields added since (``head_norm``) take their defaults when absent."""
         d = dict(d)
         d["stages"] = tuple(tuple(block_from_dict(b) for b in stage) for stage in d["stages"])
         d["norm"] = BatchNormConfig(**d["norm"])

@@ -1,7 +1,7 @@
 """The one generic network: stem, stages of registered blocks, head, classifier, driven by a config.
 
 Sub-module names follow timm (``conv_stem``, ``bn1``, ``blocks_{stage}_{i}``, ``conv_head``, ``bn2``,
-``classifier``), so a model converted from torchvision or timm and one built here are the same module.
+``norm_head``, ``classifier``), so a model converted from torchvision or timm and one built here are the same module.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class MobileNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         if c.head == "post_pool":
             x = PointwiseConv(c.head_channels, use_bias=c.head_bias, dtype=self.dtype, name="conv_head")(x)
+            if c.head_norm:
+                x = norm(name="norm_head")(x)
             x = activation(c.head_act)(x)
         x = x.reshape(x.shape[0], -1)
         self.sow("intermediates", "pre_logits", x)

@@ -1,17 +1,20 @@
 """Linen modules on :mod:`flax_dsconv.ops`: layers, and one file per block family with its config.
 
-Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``) mirror timm's
-attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
+Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``; the universal
+inverted residual's ``dw_start``, ``pw_exp``, ``dw_mid``, ``pw_proj``, ``dw_end``, each holding ``conv`` and ``bn``)
+mirror timm's attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
 """
 
 from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv, conv_kernel_init, full_conv
 from flax_dsconv.nn.conv_bn_act import ConvBNAct, ConvBNActConfig
 from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
+from flax_dsconv.nn.layer_scale import LayerScale
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, block_from_dict, block_to_dict, build_block
 from flax_dsconv.nn.separable import DepthwiseSeparableConv, SeparableConfig, seed_dsconv, separable_in_channels
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
+from flax_dsconv.nn.universal_ir import UniversalInvertedResidual, UniversalInvertedResidualConfig
 
 __all__ = [
     "BatchNorm",
@@ -26,9 +29,12 @@ __all__ = [
     "EdgeResidualConfig",
     "InvertedResidual",
     "InvertedResidualConfig",
+    "LayerScale",
     "PointwiseConv",
     "SeparableConfig",
     "SqueezeExcite",
+    "UniversalInvertedResidual",
+    "UniversalInvertedResidualConfig",
     "block_from_dict",
     "block_to_dict",
     "build_block",
