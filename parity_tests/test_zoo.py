@@ -23,7 +23,7 @@ ODD_SIZE = (
     "efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_lite0", "tinynet_e",
     "mnasnet_100", "semnasnet_100", "mnasnet_small", "spnasnet_100", "fbnetc_100", "fbnetv3_b", "lcnet_100",
     "hardcorenas_a", "efficientnet_es", "tf_efficientnet_es", "efficientnetv2_rw_t", "tf_efficientnetv2_b0",
-    "mobilenet_edgetpu_100", "mobilenet_edgetpu_v2_xs",
+    "mobilenet_edgetpu_100", "mobilenet_edgetpu_v2_xs", "mobilenetv4_conv_small",
 )  # fmt: skip
 
 

@@ -30,10 +30,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "MixedConv2d (MixNet: channel groups with different kernel sizes)": (
         "mixnet_l", "mixnet_m", "mixnet_s", "mixnet_xl", "mixnet_xxl", "tf_mixnet_l", "tf_mixnet_m", "tf_mixnet_s",
     ),
-    "UniversalInvertedResidual and the norm after pooling (MobileNetV4)": (
-        "mobilenetv4_conv_large", "mobilenetv4_conv_medium", "mobilenetv4_conv_small", "mobilenetv4_conv_small_035",
-        "mobilenetv4_conv_small_050",
-    ),
     "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
         "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
         "mobilenetv4_hybrid_medium_075",
