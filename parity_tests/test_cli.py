@@ -1,6 +1,7 @@
 """The command line: parity's table and exit code, summary, convert + load."""
 
 import json
+import re
 
 import chex
 import jax
@@ -250,3 +251,54 @@ def test_bench_inference_rows_run_eval_mode_models_on_the_inference_batch():
     scale = np.abs(torch_logits).max()
     assert scale > 0 and np.abs(flax_logits - torch_logits).max() <= 1e-5 * scale
     assert np.isfinite(float(train.flax())) and np.isfinite(train.torch().item())
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["summary", "--resolution", "0"], "argument --resolution: must be at least 1, got 0"),
+        (["summary", "--width", "nan"], "argument --width: must be a finite number above 0, got nan"),
+        (["summary", "--width", "-1"], "argument --width: must be a finite number above 0, got -1"),
+        (["summary", "--num-classes", "-3"], "argument --num-classes: must be 0 or more, got -3"),
+        (["summary", "--arch", "mobilenet_v9"], "argument --arch: invalid choice: 'mobilenet_v9'"),
+        (["bench", "--train-batch", "0"], "argument --train-batch: must be at least 1, got 0"),
+    ],
+)
+def test_argument_errors_are_one_line_naming_the_argument_and_exit_2(capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and err.startswith(f"flax-dsconv {argv[0]}: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--arch", "mobilenetv3_large_10", "--source", "timm"], "timm has no model 'mobilenetv3_large_10'"),
+        (["--arch", "mobilenet_v3_small", "--source", "torchvision", "--config", "width_mult=abc"], "width_mult"),
+        (["--arch", "mobilenetv3_small_100", "--source", "timm", "--config", "checkpoint_path=x.pth"],
+         "argument ['checkpoint_path'] is not one that shapes the model"),
+        (["--arch", "mobilenet_v3_small", "--source", "torchvision", "--config", "width_mult"],
+         "--config takes KEY=VALUE, got 'width_mult'"),
+    ],
+)  # fmt: skip
+def test_convert_errors_are_one_line_exit_2_and_debug_shows_the_traceback(tmp_path, capsys, argv, match):
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "m.pth")
+    full = ["convert", str(tmp_path / "m.pth"), *argv, "--out", str(tmp_path / "out")]
+    assert cli.main(full) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.startswith("flax-dsconv convert: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match=re.escape(match)):
+        cli.main([*full, "--debug"])
+
+
+def test_convert_onto_an_existing_file_is_one_line_and_keeps_the_file(tmp_path, capsys):
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "m.pth")
+    (tmp_path / "out").write_text("mine")
+    argv = ["convert", str(tmp_path / "m.pth"), "--arch", "mobilenet_v3_small", "--source", "torchvision"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flax-dsconv convert: ") and str(tmp_path / "out") in err and err.count("\n") == 1, err
+    assert (tmp_path / "out").read_text() == "mine"

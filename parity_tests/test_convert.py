@@ -321,7 +321,7 @@ def _with(module, **changes):
 )
 def test_export_refuses_a_module_that_the_torch_target_does_not_compute(build, target, match):
     module = build()
-    variables = module.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    variables = random_variables(module, jnp.ones((1, 32, 32, 3)))
     with pytest.raises(ConversionError, match=match):
         to_torch_state_dict(module, variables, **target)
 
@@ -339,7 +339,7 @@ def test_export_refuses_a_block_torch_ref_cannot_express():
 
 def test_export_checks_the_variables_against_the_module_and_names_the_target():
     module = mobilenet_v1(0.25, num_classes=4)
-    variables = module.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    variables = random_variables(module, jnp.ones((1, 32, 32, 3)))
     with pytest.raises(
         ConversionError, match=r"params do not fit the torch_ref mobilenet_v1: .*\(8,\) \(expected \(16,\)\)"
     ):

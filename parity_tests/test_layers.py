@@ -1,5 +1,6 @@
 """Layer-level parity: every conv, norm and block equals its PyTorch counterpart (fp32, CPU, 1e-5)."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, randomize_batchnorm, to_nhwc
+from conftest import assert_close, random_variables, randomize_batchnorm, to_nhwc
 
 import torch_ref
 from flax_dsconv import (
@@ -344,6 +345,56 @@ def test_model_rejects_bad_input(x, error, match):
 
     with pytest.raises(error, match=match):
         mobilenet_v3_small().init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (lambda: torch.ones(1, 32, 32, 3), r"got torch\.Tensor; convert to a jax or numpy array.*x\.numpy\(\)"),
+        (lambda: [[[[0.0] * 3] * 32] * 32], "got builtins.list; convert to a jax or numpy array"),
+    ],
+)
+def test_model_names_an_input_that_is_no_array(x, match):
+    from flax_dsconv import mobilenet_v3_small
+
+    model = mobilenet_v3_small()
+    with pytest.raises(TypeError, match=match):
+        model.init(jax.random.key(0), x())
+    variables = random_variables(model, jnp.ones((1, 32, 32, 3)))
+    with pytest.raises(TypeError, match=match):
+        model.apply(variables, x())
+
+
+def test_an_empty_batch_gives_empty_logits_as_torch_does():
+    from flax_dsconv import mobilenet_v2, mobilenet_v3_small
+
+    for model in (mobilenet_v2(0.35, num_classes=7), mobilenet_v3_small(num_classes=7)):
+        variables = random_variables(model, jnp.ones((1, 32, 32, 3)))
+        assert jax.jit(model.apply)(variables, jnp.ones((0, 32, 32, 3))).shape == (0, 7)
+        features = model.clone(config=dataclasses.replace(model.config, num_classes=0))
+        assert jax.jit(features.apply)(variables, jnp.ones((0, 32, 32, 3))).shape == (0, model.config.head_channels)
+
+
+@pytest.mark.parametrize("builder", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"width_multiplier": 0}, ValueError, "width_multiplier must be a finite number above 0, got 0"),
+        ({"width_multiplier": -1}, ValueError, "width_multiplier must be a finite number above 0, got -1"),
+        ({"width_multiplier": float("nan")}, ValueError, "width_multiplier must be a finite number above 0, got nan"),
+        ({"width_multiplier": "0.5"}, TypeError, "width_multiplier must be a number, got '0.5'"),
+        ({"dropout": 2.0}, ValueError, r"dropout is a probability in \[0, 1\], got 2.0"),
+        ({"dropout": -0.1}, ValueError, r"dropout is a probability in \[0, 1\], got -0.1"),
+        ({"num_classes": -5}, ValueError, "num_classes must be at least 0, got -5"),
+        ({"num_classes": "10"}, TypeError, "num_classes must be an int, got '10'"),
+        ({"in_channels": 0}, ValueError, "in_channels must be at least 1, got 0"),
+    ],
+)
+def test_builders_refuse_invalid_settings_naming_them(builder, kwargs, error, match):
+    import flax_dsconv
+
+    with pytest.raises(error, match=match):
+        getattr(flax_dsconv, builder)(**kwargs)
 
 
 def test_dense_conv_rejects_padding_past_its_kernels_reach():

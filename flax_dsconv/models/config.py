@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from flax_dsconv.nn.norm import BatchNormConfig
@@ -20,6 +21,14 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     """
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def check_width(width_multiplier: float, where: str) -> None:
+    """A width multiplier is a finite number above 0 (``make_divisible`` would turn 0, -1 or nan into 8 channels)."""
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)):
+        raise TypeError(f"{where}: width_multiplier must be a number, got {width_multiplier!r}")
+    if not math.isfinite(width_multiplier) or width_multiplier <= 0:
+        raise ValueError(f"{where}: width_multiplier must be a finite number above 0, got {width_multiplier!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,6 +56,20 @@ class MobileNetConfig:
     norm: BatchNormConfig = BatchNormConfig()
 
     def __post_init__(self) -> None:
+        for name in ("num_classes", "in_channels", "stem_channels", "stem_kernel", "stem_stride", "head_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"MobileNetConfig: {name} must be an int, got {value!r}")
+        for name, least in (("num_classes", 0), ("in_channels", 1), ("stem_channels", 1), ("stem_kernel", 1),
+                            ("stem_stride", 1), ("head_channels", 0)):  # fmt: skip
+            if getattr(self, name) < least:
+                raise ValueError(f"MobileNetConfig: {name} must be at least {least}, got {getattr(self, name)}")
+        if self.head != "none" and self.head_channels < 1:
+            raise ValueError(f"MobileNetConfig: head={self.head!r} needs head_channels >= 1, got {self.head_channels}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout <= 1:
+            raise ValueError(f"MobileNetConfig: dropout is a probability in [0, 1], got {self.dropout!r}")
+        if not self.stages or not all(self.stages):
+            raise ValueError("MobileNetConfig: stages must be a non-empty tuple of non-empty stages")
         if self.head_norm and self.head != "post_pool":
             raise ValueError(f"head_norm=True is the post_pool head's norm; head={self.head!r} has none "
                              "(pre_pool's BatchNorm is always there)")  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax_dsconv.models.config import MobileNetConfig, Padding, make_divisible
+from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import BatchNormConfig, BlockConfig, ConvBNActConfig, SeparableConfig
 from flax_dsconv.ops.activations import Activation
@@ -43,6 +43,7 @@ def mobilenet_v1(
     >>> model = mobilenet_v1(0.75)
     >>> variables = model.init(jax.random.key(0), jnp.ones((1, 160, 160, 3)))
     """
+    check_width(width_multiplier, "mobilenet_v1")
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
 
     def block(c: int, s: int) -> BlockConfig:

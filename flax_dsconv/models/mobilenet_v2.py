@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax_dsconv.models.config import MobileNetConfig, Padding, make_divisible
+from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import BatchNormConfig, BlockConfig, InvertedResidualConfig, SeparableConfig
 
@@ -36,6 +36,7 @@ def mobilenet_v2(
 
     >>> model = mobilenet_v2(width_multiplier=0.5, num_classes=10)
     """
+    check_width(width_multiplier, "mobilenet_v2")
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
     in_ch = ch(32)
     stages = []

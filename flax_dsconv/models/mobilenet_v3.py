@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from flax_dsconv.models.config import MobileNetConfig, Padding, make_divisible
+from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import BatchNormConfig, BlockConfig, ConvBNActConfig, InvertedResidualConfig, SeparableConfig
 
@@ -92,6 +92,7 @@ def _mobilenet_v3(
     padding: Padding,
     dtype: Any | None,
 ) -> MobileNet:
+    check_width(width_multiplier, "mobilenet_v3")
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
     divider = 2 if reduced_tail else 1
     in_ch = ch(16)

@@ -60,7 +60,7 @@ class MobileNet(nn.Module):
             if c.head_norm:
                 x = norm(name="norm_head")(x)
             x = activation(c.head_act)(x)
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], x.shape[-1])  # the pooled map is 1x1 (an explicit size: batch 0 works too)
         self.sow("intermediates", "pre_logits", x)
         if not c.num_classes:
             return x

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 
 def check_nhwc(x: jax.Array, channels: int | None, where: str) -> None:
-    """Reject what would otherwise be silently wrong: non-4-D, non-float or mis-laid-out input."""
+    """Reject what would otherwise be silently wrong: a torch tensor or list, non-4-D, non-float or mis-laid-out
+    input."""
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        kind = f"{type(x).__module__}.{type(x).__qualname__}"
+        hint = (
+            " (a torch tensor: x.numpy(), then NCHW -> NHWC with .transpose(0, 2, 3, 1))"
+            if kind.startswith("torch.")
+            else ""
+        )
+        raise TypeError(f"{where}: expected a jax or numpy array, got {kind}; convert to a jax or numpy array{hint}")
     if x.ndim != 4:
         raise ValueError(
             f"{where}: expected a 4-D NHWC input (batch, height, width, channels), got shape {tuple(x.shape)}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
+import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -17,8 +19,7 @@ def _parity(args: argparse.Namespace) -> int:
     if args.models:
         unknown = set(args.models) - {c.label for c in cases}
         if unknown:
-            print(f"unknown models {sorted(unknown)}; known: {[c.label for c in cases]}", file=sys.stderr)
-            return 2
+            raise ValueError(f"unknown models {sorted(unknown)}; known: {[c.label for c in cases]}")
         cases = [c for c in cases if c.label in args.models]
     results = []
     for case in cases:
@@ -43,8 +44,7 @@ def _summary(args: argparse.Namespace) -> int:
     kwargs = {"width_multiplier": args.width, "num_classes": args.num_classes}
     if args.full_conv:
         if args.arch != "mobilenet_v1":
-            print("--full-conv applies to mobilenet_v1 only", file=sys.stderr)
-            return 2
+            raise ValueError("--full-conv applies to mobilenet_v1 only")
         kwargs["separable"] = False
     model = create_model(args.arch, **kwargs)
     print(
@@ -62,6 +62,20 @@ def _positive(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def _width(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
+    return number
+
+
 def _literal(value: str) -> Any:
     """A ``--config`` value: JSON or a Python literal (``0.75``, ``true``/``True``, ``null``/``None``), else the
     string itself (``hard_swish``)."""
@@ -76,25 +90,17 @@ def _literal(value: str) -> Any:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from flax_dsconv import ConversionError, from_torch, save
+    from flax_dsconv import from_torch, save
 
     config = {}
     for item in args.config:
         key, sep, value = item.partition("=")
         if not sep:
-            print(f"--config takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--config takes KEY=VALUE, got {item!r}")
         config[key] = _literal(value)
-    try:
-        module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
-    except (ConversionError, OSError, TypeError, ValueError) as e:  # bad file, arch, config: a message, not a trace
-        print(f"flax-dsconv convert: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
-    except (OSError, ValueError) as e:  # --out a file or a directory of other files, a full disk: nothing saved
-        print(f"flax-dsconv convert: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
+    # --out a file or a directory of other files, a full disk: save refuses, and nothing is written
+    out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
     print(f"wrote {out}/config.json and {out}/variables.msgpack ({args.source} {args.arch})")
     return 0
 
@@ -102,13 +108,10 @@ def _convert(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from flax_dsconv.tools.digits import train_digits
 
-    try:
-        history = train_digits(
-            args.out, arch=args.arch, width=args.width, epochs=args.epochs, limit=args.limit, progress=not args.quiet
-        )
-    except ValueError as e:  # settings that cannot train, or that do not fit the run being resumed
-        print(f"flax-dsconv train: {e}", file=sys.stderr)
-        return 2
+    # settings that cannot train, or that do not fit the run being resumed: a ValueError, reported by main
+    history = train_digits(
+        args.out, arch=args.arch, width=args.width, epochs=args.epochs, limit=args.limit, progress=not args.quiet
+    )
     print(f"final test accuracy {history[-1]['test_accuracy']:.4f}; curves in {args.out}/curves.png")
     return 0
 
@@ -138,26 +141,38 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flax-dsconv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``flax-dsconv summary: argument --width: ...``, exit 2), as every other
+    CLI error; ``--help`` still shows the usage."""
 
-    p = sub.add_parser("parity", help="convert every supported torch model and compare outputs with PyTorch")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help shows the usage)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="flax-dsconv", description=__doc__)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, show its traceback")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[common])
+
+    p = add_parser("parity", help="convert every supported torch model and compare outputs with PyTorch")
     p.add_argument("--models", nargs="+", metavar="LABEL", help="check only these rows")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_parity)
 
     from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS
 
-    s = sub.add_parser("summary", help="per-layer parameters and mult-adds")
+    s = add_parser("summary", help="per-layer parameters and mult-adds")
     s.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
-    s.add_argument("--width", type=float, default=1.0, help="width multiplier α")
-    s.add_argument("--resolution", type=int, default=224, help="input height and width")
-    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--width", type=_width, default=1.0, help="width multiplier α")
+    s.add_argument("--resolution", type=_positive, default=224, help="input height and width")
+    s.add_argument("--num-classes", type=_count, default=1000)
     s.add_argument("--full-conv", action="store_true", help="MobileNetV1 with full 3x3 convs (paper, Table 4)")
     s.set_defaults(func=_summary)
 
-    c = sub.add_parser("convert", help="convert a .pth/.safetensors checkpoint into a Flax directory")
+    c = add_parser("convert", help="convert a .pth/.safetensors checkpoint into a Flax directory")
     c.add_argument("src", help="checkpoint file (.pth, .pt, .bin, .safetensors)")
     c.add_argument(
         "--arch", required=True, help="dsconv | mobilenet_v1 (torch_ref), a timm name, or a torchvision builder"
@@ -169,16 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--out", required=True, help="output directory; read it back with flax_dsconv.load(DIR)")
     c.set_defaults(func=_convert)
 
-    t = sub.add_parser("train", help="train a MobileNet on scikit-learn's digits (resumes from --out)")
+    t = add_parser("train", help="train a MobileNet on scikit-learn's digits (resumes from --out)")
     t.add_argument("--out", default="runs/digits", help="checkpoints, history.json and curves.png go here")
     t.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
-    t.add_argument("--width", type=float, default=0.5)
+    t.add_argument("--width", type=_width, default=0.5)
     t.add_argument("--epochs", type=_positive, default=30)
     t.add_argument("--limit", type=_positive, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=_train)
 
-    b = sub.add_parser("bench", help="time Flax (jit) against PyTorch eager (and torch.compile) in one process")
+    b = add_parser("bench", help="time Flax (jit) against PyTorch eager (and torch.compile) in one process")
     b.add_argument("--models", nargs="*", choices=sorted(BUILDERS), help="models to time (default: all; none: skip)")
     b.add_argument("--no-layers", dest="layers", action="store_false", default=None, help="skip the layer rows")
     b.add_argument("--compile", dest="torch_compile", action="store_true", default=None, help="add torch.compile")
@@ -186,17 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument(
         "--depthwise", choices=DEPTHWISE_IMPLEMENTATIONS, help="DepthwiseConv implementation (default: auto)"
     )
-    b.add_argument("--train-batch", type=int, help="default: 16 on CPU, 256 on GPU")
-    b.add_argument("--infer-batch", type=int, help="default: 16 on CPU, 1024 on GPU")
-    b.add_argument("--resolution", type=int, help="image height and width (default 224)")
-    b.add_argument("--layer-shape", type=int, nargs=4, metavar=("N", "H", "W", "C"), help="layer rows' input")
+    b.add_argument("--train-batch", type=_positive, help="default: 16 on CPU, 256 on GPU")
+    b.add_argument("--infer-batch", type=_positive, help="default: 16 on CPU, 1024 on GPU")
+    b.add_argument("--resolution", type=_positive, help="image height and width (default 224)")
+    b.add_argument("--layer-shape", type=_positive, nargs=4, metavar=("N", "H", "W", "C"), help="layer rows' input")
     b.add_argument("--repeats", type=_positive, help="timed calls per row after one warm-up (median reported)")
-    b.add_argument("--peak-gbps", type=float, help="memory bandwidth for the GB/s column (default: from device name)")
+    b.add_argument("--peak-gbps", type=_width, help="memory bandwidth for the GB/s column (default: from device name)")
     b.add_argument("--json", action="store_true", help="print machine-readable results")
     b.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    from flax_dsconv import ConversionError
+
+    try:
+        return args.func(args)
+    except (ConversionError, OSError, TypeError, ValueError) as e:  # bad file, arch, config: a message, not a trace
+        if args.debug:
+            raise
+        print(f"flax-dsconv {args.command}: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
