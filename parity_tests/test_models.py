@@ -18,7 +18,7 @@ from conftest import (
 )
 
 import torch_ref
-from flax_dsconv import count_params, from_torch
+from flax_dsconv import from_torch
 
 tv = torchvision.models
 
@@ -68,24 +68,11 @@ def test_eager_and_jitted_logits_are_each_as_close_to_float64_as_torch():
         assert_as_close_as_torch("output", got, torch32, exact, mode)
 
 
-def test_registry_builds_every_listed_timm_name_as_timm_does():
-    """``create_model`` under a timm name gives the config read off timm's own model, and its parameter count."""
-    from flax_dsconv import create_model, list_models
+def test_registry_builds_torchvisions_builders_as_torchvision_does():
+    """``create_model`` under a torchvision name gives the config read off torchvision's model (timm's names:
+    test_registry.py)."""
+    from flax_dsconv import create_model
 
-    timm_names = [n for n in list_models() if n in timm.list_models()]
-    assert len(timm_names) >= 9
-    for name in timm_names:
-        torch_model = timm.create_model(name, num_classes=7)
-        module, variables = from_torch(torch_model)
-        assert create_model(name, num_classes=7).config == module.config, name
-        assert count_params(variables) == sum(p.numel() for p in torch_model.parameters()), name
     for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
         module, _ = from_torch(getattr(tv, name)(num_classes=7))
         assert create_model(name, num_classes=7).config == module.config, name
-
-
-def test_create_model_names_the_unknown_model():
-    from flax_dsconv import create_model
-
-    with pytest.raises(ValueError, match=r"unknown model 'mobilenet_v9'.*mobilenet_v2"):
-        create_model("mobilenet_v9")
