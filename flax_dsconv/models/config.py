@@ -68,8 +68,6 @@ class MobileNetConfig:
             raise ValueError(f"MobileNetConfig: head={self.head!r} needs head_channels >= 1, got {self.head_channels}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout <= 1:
             raise ValueError(f"MobileNetConfig: dropout is a probability in [0, 1], got {self.dropout!r}")
-        if not self.stages or not all(self.stages):
-            raise ValueError("MobileNetConfig: stages must be a non-empty tuple of non-empty stages")
         if self.head_norm and self.head != "post_pool":
             raise ValueError(f"head_norm=True is the post_pool head's norm; head={self.head!r} has none "
                              "(pre_pool's BatchNorm is always there)")  # fmt: skip
