@@ -45,10 +45,11 @@ def test_a_refused_model_raises_a_conversion_error_naming_the_module(name):
 
 
 def _resolution(name: str, model: torch.nn.Module) -> int:
-    """timm's default input size; for the largest models a smaller one (the float64 reference of a 66M-parameter
-    EfficientNet-B7 at 600 pixels alone takes minutes on 2 cores)."""
+    """timm's default input size, at most 224 (what is converted does not depend on the size; the odd sizes above
+    test the padding), and smaller for the largest models (the float64 reference of a 66M-parameter EfficientNet-B7
+    at 600 pixels alone takes minutes on 2 cores)."""
     params = sum(p.numel() for p in model.parameters())
-    default = model.pretrained_cfg["input_size"][-1]
+    default = min(224, model.pretrained_cfg["input_size"][-1])
     return default if params <= 15e6 else 160 if params <= 100e6 else 64
 
 
