@@ -7,6 +7,7 @@ the functions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,14 @@ class Case:
     input_shape: tuple[int, int, int, int] = (2, 3, 224, 224)
 
 
+# One timm model per family of timm's EfficientNet builder and padding rule (every model: parity_tests/test_zoo.py).
+ZOO_ROWS = (
+    "mobilenetv4_conv_small", "mnasnet_100", "fbnetv3_b", "lcnet_100", "hardcorenas_a", "efficientnet_b0",
+    "tf_efficientnet_b0", "tinynet_e", "efficientnet_lite0", "efficientnetv2_rw_t", "tf_efficientnetv2_b0",
+    "mobilenet_edgetpu_v2_xs",
+)  # fmt: skip
+
+
 def default_cases() -> list[Case]:
     """Every supported model family and source, at its default configuration."""
     import timm
@@ -131,6 +140,7 @@ def default_cases() -> list[Case]:
         Case("mobilenetv3_rw", "timm", lambda: timm.create_model("mobilenetv3_rw")),
         Case("tf_mobilenetv3_large_100", "timm", lambda: timm.create_model("tf_mobilenetv3_large_100")),
         Case("tf_mobilenetv3_small_100", "timm", lambda: timm.create_model("tf_mobilenetv3_small_100")),
+        *(Case(name, "timm", functools.partial(timm.create_model, name)) for name in ZOO_ROWS),
     ]
 
 
