@@ -1,6 +1,7 @@
 """Models by name: the torchvision and timm names whose architecture the builders reproduce exactly.
 
-Each timm name is checked against the config read off timm's own model (``parity_tests/test_models.py``).
+Each timm name is checked against the config read off timm's own model (``parity_tests/test_registry.py``); the
+EfficientNet-family names come from their family files' ``TIMM_MODELS``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from flax_dsconv.models.edgetpu import TIMM_MODELS as EDGETPU_TIMM
+from flax_dsconv.models.efficientnet import TIMM_MODELS as EFFICIENTNET_TIMM
+from flax_dsconv.models.efficientnet_v2 import TIMM_MODELS as EFFICIENTNET_V2_TIMM
 from flax_dsconv.models.mobilenet_v1 import mobilenet_v1
 from flax_dsconv.models.mobilenet_v2 import mobilenet_v2
 from flax_dsconv.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
@@ -34,7 +38,13 @@ _TIMM: dict[str, Callable[..., MobileNet]] = {
     "mobilenetv3_small_100": functools.partial(mobilenet_v3_small, 1.0, dropout=0.0, bn_momentum=0.9, bn_epsilon=1e-5),
 }
 
-_MODELS: dict[str, Callable[..., MobileNet]] = {**BUILDERS, **_TIMM}
+_MODELS: dict[str, Callable[..., MobileNet]] = {
+    **BUILDERS,
+    **_TIMM,
+    **EFFICIENTNET_TIMM,
+    **EFFICIENTNET_V2_TIMM,
+    **EDGETPU_TIMM,
+}
 
 
 def list_models() -> list[str]:
