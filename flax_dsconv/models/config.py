@@ -18,7 +18,7 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
     """Round ``value`` to a multiple of ``divisor``, never below ``divisor`` nor under ``round_limit · value``.
 
     The rounding torchvision and timm apply to every width-multiplied channel count (FBNetV3 uses
-    ``round_limit=0.95``).
+    ``round_limit=0.95``; timm's EfficientNetV2-B series 0: the nearest multiple, however far under).
     """
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < round_limit * value else rounded

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flax_dsconv.models.edgetpu import TIMM_MODELS as EDGETPU_TIMM
+from flax_dsconv.models.efficientnet import TIMM_MODELS as EFFICIENTNET_TIMM
+from flax_dsconv.models.efficientnet_v2 import TIMM_MODELS as EFFICIENTNET_V2_TIMM
 from flax_dsconv.models.hardcorenas import TIMM_MODELS as HARDCORENAS_TIMM
 from flax_dsconv.models.mobilenet_v1 import TIMM_MODELS as V1_TIMM
 from flax_dsconv.models.mobilenet_v1 import mobilenet_v1
@@ -36,6 +39,9 @@ _MODELS: dict[str, Callable[..., MobileNet]] = {
     **V4_TIMM,
     **NAS_TIMM,
     **HARDCORENAS_TIMM,
+    **EFFICIENTNET_TIMM,
+    **EFFICIENTNET_V2_TIMM,
+    **EDGETPU_TIMM,
 }
 
 
