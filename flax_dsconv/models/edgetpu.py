@@ -12,43 +12,36 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
-from flax_dsconv.models.efficientnet import Arch, Row, Stage, build_efficientnet
+from flax_dsconv.models.efficientnet import EFFICIENTNET
 from flax_dsconv.models.network import MobileNet
-
-_STEM: Stage = (Row(kind="conv", repeats=1, kernel=1, stride=1, out=16, skip=False),)
+from flax_dsconv.models.table import CONV, ER, IR, TF_PORT, Recipe, Row, Table, build
 
 # MobileNet-EdgeTPU (v1): stages of (first block, then its followers).
-EDGETPU_V1: tuple[Stage, ...] = (
-    _STEM,
-    (Row(kind="er", repeats=1, kernel=3, stride=2, out=32, expand=8),
-     Row(kind="er", repeats=3, kernel=3, stride=1, out=32, expand=4)),
-    (Row(kind="er", repeats=1, kernel=3, stride=2, out=48, expand=8),
-     Row(kind="er", repeats=3, kernel=3, stride=1, out=48, expand=4)),
-    (Row(kind="ir", repeats=1, kernel=3, stride=2, out=96, expand=8),
-     Row(kind="ir", repeats=3, kernel=3, stride=1, out=96, expand=4)),
-    (Row(kind="ir", repeats=1, kernel=3, stride=1, out=96, expand=8, skip=False),
-     Row(kind="ir", repeats=3, kernel=3, stride=1, out=96, expand=4)),
-    (Row(kind="ir", repeats=1, kernel=5, stride=2, out=160, expand=8),
-     Row(kind="ir", repeats=3, kernel=5, stride=1, out=160, expand=4)),
-    (Row(kind="ir", repeats=1, kernel=3, stride=1, out=192, expand=8),),
-)  # fmt: skip
+EDGETPU_V1: Table = (
+    (CONV(out=16),),
+    (ER(out=32, stride=2, expand=8), ER(out=32, repeats=3, expand=4)),
+    (ER(out=48, stride=2, expand=8), ER(out=48, repeats=3, expand=4)),
+    (IR(out=96, stride=2, expand=8), IR(out=96, repeats=3, expand=4)),
+    (IR(out=96, expand=8, skip=False), IR(out=96, repeats=3, expand=4)),
+    (IR(out=160, kernel=5, stride=2, expand=8), IR(out=160, repeats=3, kernel=5, expand=4)),
+    (IR(out=192, expand=8),),
+)
 
 
-def edgetpu_v2_table(channels: tuple[int, ...], group_size: int) -> tuple[Stage, ...]:
+def edgetpu_v2_table(channels: tuple[int, ...], group_size: int) -> Table:
     """MobileNet-EdgeTPU-V2's stages for its seven stage widths; some of the fused MBConvs are grouped, in
     groups of ``group_size`` channels. The first stage is a 1x1 conv (an expansion-1 block is just its
     projection in the reference implementation)."""
     c = channels
 
     def er(out: int, stride: int = 1, expand: float = 4, grouped: bool = False) -> Row:
-        return Row(kind="er", repeats=1, kernel=3, stride=stride, out=out, expand=expand,
-                   group_size=group_size if grouped else 0)  # fmt: skip
+        return ER(out=out, stride=stride, expand=expand, group_size=group_size if grouped else 0)
 
     def ir(out: int, repeats: int = 1, stride: int = 1, expand: float = 4) -> Row:
-        return Row(kind="ir", repeats=repeats, kernel=3, stride=stride, out=out, expand=expand)
+        return IR(out=out, repeats=repeats, stride=stride, expand=expand)
 
     return (
-        (dataclasses.replace(_STEM[0], out=c[0]),),
+        (CONV(out=c[0]),),
         (er(c[1], stride=2, expand=8), er(c[1], grouped=True)),
         (er(c[2], stride=2, expand=8), er(c[2], grouped=True), er(c[2]), er(c[2], grouped=True)),
         (er(c[3], stride=2, expand=8), ir(c[3], repeats=3)),
@@ -59,15 +52,16 @@ def edgetpu_v2_table(channels: tuple[int, ...], group_size: int) -> tuple[Stage,
 
 
 Variant = Literal["v1", "v2_xs", "v2_s", "v2_m", "v2_l"]
-ARCHS: dict[Variant, Arch] = {
-    "v1": Arch(table=EDGETPU_V1, act="relu", head_scaling="none"),
-    "v2_xs": Arch(table=edgetpu_v2_table((16, 32, 48, 96, 144, 160, 192), 64), act="relu", head_scaling="none"),
-    "v2_s": Arch(table=edgetpu_v2_table((24, 48, 64, 128, 160, 192, 256), 64), act="relu", stem_channels=64,
-                 stem_kernel=5, head_scaling="none"),
-    "v2_m": Arch(table=edgetpu_v2_table((32, 64, 80, 160, 192, 240, 320), 64), act="relu", stem_channels=64,
-                 stem_kernel=5, head_channels=1344, head_scaling="none"),
-    "v2_l": Arch(table=edgetpu_v2_table((32, 64, 96, 192, 240, 256, 384), 128), act="relu", stem_channels=64,
-                 stem_kernel=7, head_channels=1408, head_scaling="none"),
+# ReLU and a head of fixed width; V2-S, M and L have a wider stem with a larger kernel.
+_V1 = dataclasses.replace(EFFICIENTNET, act="relu", head_scaling="none")
+_V2 = dataclasses.replace(_V1, stem=64, stem_kernel=5)
+ARCHS: dict[Variant, tuple[Table, Recipe]] = {
+    "v1": (EDGETPU_V1, _V1),
+    "v2_xs": (edgetpu_v2_table((16, 32, 48, 96, 144, 160, 192), 64), _V1),
+    "v2_s": (edgetpu_v2_table((24, 48, 64, 128, 160, 192, 256), 64), _V2),
+    "v2_m": (edgetpu_v2_table((32, 64, 80, 160, 192, 240, 320), 64), dataclasses.replace(_V2, head_channels=1344)),
+    "v2_l": (edgetpu_v2_table((32, 64, 96, 192, 240, 256, 384), 128),
+             dataclasses.replace(_V2, stem_kernel=7, head_channels=1408)),
 }  # fmt: skip
 
 
@@ -90,9 +84,9 @@ def mobilenet_edgetpu(
     """
     if variant not in ARCHS:
         raise ValueError(f"mobilenet_edgetpu: variant must be one of {sorted(ARCHS)}, got {variant!r}")
-    return build_efficientnet(ARCHS[variant], width_multiplier, depth_multiplier, num_classes=num_classes, tf=tf,
-                              dropout=dropout, in_channels=in_channels, dtype=dtype,
-                              where="mobilenet_edgetpu")  # fmt: skip
+    return build(*ARCHS[variant], width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="mobilenet_edgetpu",
+                 **(TF_PORT if tf else {}))  # fmt: skip
 
 
 TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {

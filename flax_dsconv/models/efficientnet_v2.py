@@ -8,63 +8,66 @@ fused conv is 3x3. The tables follow the reference implementation (google/automl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
-from flax_dsconv.models.efficientnet import Arch, Row, Stage, build_efficientnet
+from flax_dsconv.models.efficientnet import EFFICIENTNET
 from flax_dsconv.models.network import MobileNet
+from flax_dsconv.models.table import CONV, ER, IR, TF_PORT, Recipe, Stage, Table, build
 
 
 def _conv(repeats: int, out: int) -> Stage:
     """The first stage: plain 3x3 conv + BN + act blocks, with a residual where the widths match."""
-    return (Row(kind="conv", repeats=repeats, kernel=3, stride=1, out=out),)
+    return (CONV(out=out, repeats=repeats, kernel=3, skip=True),)
 
 
 def _fused(repeats: int, out: int, stride: int = 2, expand: float = 4) -> Stage:
-    return (Row(kind="er", repeats=repeats, kernel=3, stride=stride, out=out, expand=expand),)
+    return (ER(out=out, repeats=repeats, stride=stride, expand=expand),)
 
 
 def _mbconv(repeats: int, out: int, stride: int, expand: float) -> Stage:
-    return (Row(kind="ir", repeats=repeats, kernel=3, stride=stride, out=out, expand=expand, se=0.25),)
+    return (IR(out=out, repeats=repeats, stride=stride, expand=expand, se=0.25),)
 
 
 # The EfficientNetV2 paper's Table 4 (S) and the reference implementation's B0, M, L, XL: one stage per line,
 # (repeats, output channels[, stride, expansion]).
-V2_B0: tuple[Stage, ...] = (
+V2_B0: Table = (
     _conv(1, 16), _fused(2, 32), _fused(2, 48),
     _mbconv(3, 96, 2, 4), _mbconv(5, 112, 1, 6), _mbconv(8, 192, 2, 6),
 )  # fmt: skip
-V2_S: tuple[Stage, ...] = (
+V2_S: Table = (
     _conv(2, 24), _fused(4, 48), _fused(4, 64),
     _mbconv(6, 128, 2, 4), _mbconv(9, 160, 1, 6), _mbconv(15, 256, 2, 6),
 )  # fmt: skip
 # timm's V2-S from the paper's figure, before the reference code: a fused first stage, wider last stage.
-V2_RW_S: tuple[Stage, ...] = (
+V2_RW_S: Table = (
     _fused(2, 24, stride=1, expand=1), *V2_S[1:-1], _mbconv(15, 272, 2, 6),
 )  # fmt: skip
-V2_M: tuple[Stage, ...] = (
+V2_M: Table = (
     _conv(3, 24), _fused(5, 48), _fused(5, 80),
     _mbconv(7, 160, 2, 4), _mbconv(14, 176, 1, 6), _mbconv(18, 304, 2, 6), _mbconv(5, 512, 1, 6),
 )  # fmt: skip
-V2_L: tuple[Stage, ...] = (
+V2_L: Table = (
     _conv(4, 32), _fused(7, 64), _fused(7, 96),
     _mbconv(10, 192, 2, 4), _mbconv(19, 224, 1, 6), _mbconv(25, 384, 2, 6), _mbconv(7, 640, 1, 6),
 )  # fmt: skip
-V2_XL: tuple[Stage, ...] = (
+V2_XL: Table = (
     _conv(4, 32), _fused(8, 64), _fused(8, 96),
     _mbconv(16, 192, 2, 4), _mbconv(24, 256, 1, 6), _mbconv(32, 512, 2, 6), _mbconv(8, 640, 1, 6),
 )  # fmt: skip
 
 Variant = Literal["b", "s", "rw_s", "m", "l", "xl"]
 # The B series rounds widths to the nearest multiple of 8 (round_limit 0); M, L and XL keep a 1280 head.
-ARCHS: dict[Variant, Arch] = {
-    "b": Arch(table=V2_B0, act="silu", round_limit=0.0),
-    "s": Arch(table=V2_S, act="silu", stem_channels=24),
-    "rw_s": Arch(table=V2_RW_S, act="silu", stem_channels=24, head_channels=1792),
-    "m": Arch(table=V2_M, act="silu", stem_channels=24, head_scaling="none"),
-    "l": Arch(table=V2_L, act="silu", head_scaling="none"),
-    "xl": Arch(table=V2_XL, act="silu", head_scaling="none"),
+_FIXED_HEAD = dataclasses.replace(EFFICIENTNET, head_scaling="none")
+ARCHS: dict[Variant, tuple[Table, Recipe]] = {
+    "b": (V2_B0, dataclasses.replace(EFFICIENTNET, round_limit=0.0)),
+    "s": (V2_S, dataclasses.replace(EFFICIENTNET, stem=24)),
+    "rw_s": (V2_RW_S, dataclasses.replace(EFFICIENTNET, stem=24, head_channels=1792)),
+    "m": (V2_M, dataclasses.replace(_FIXED_HEAD, stem=24)),
+    "l": (V2_L, _FIXED_HEAD),
+    "xl": (V2_XL, _FIXED_HEAD),
 }
 
 
@@ -87,9 +90,8 @@ def efficientnet_v2(
     """
     if variant not in ARCHS:
         raise ValueError(f"efficientnet_v2: variant must be one of {sorted(ARCHS)}, got {variant!r}")
-    return build_efficientnet(ARCHS[variant], width_multiplier, depth_multiplier, num_classes=num_classes, tf=tf,
-                              dropout=dropout, in_channels=in_channels, dtype=dtype,
-                              where="efficientnet_v2")  # fmt: skip
+    return build(*ARCHS[variant], width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet_v2", **(TF_PORT if tf else {}))  # fmt: skip
 
 
 # timm's names: its own rw_ models (PyTorch padding), the reference models with PyTorch padding and as TF ports.

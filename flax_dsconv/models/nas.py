@@ -13,14 +13,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from flax_dsconv.models.network import MobileNet
-from flax_dsconv.models.table import CONV, DS, IR, Recipe, SqueezeExciteRule, Table, build
-
-# timm's EfficientNet class: ReLU, a sigmoid-gated SE sized off the block input, a 1x1 conv head before pooling.
-_MNAS_SE = SqueezeExciteRule(from_expansion=False, divisible=False, act=None, gate="sigmoid")
+from flax_dsconv.models.table import CONV, DS, EFFICIENTNET_SE, IR, Recipe, SqueezeExciteRule, Table, build
 
 
 def _mnas_recipe(stem: int, head_channels: int = 1280) -> Recipe:
-    return Recipe(stem=stem, act="relu", se=_MNAS_SE, head="pre_pool", head_channels=head_channels)
+    """timm's EfficientNet class: ReLU, its sigmoid-gated SE, a 1x1 conv head before pooling."""
+    return Recipe(stem=stem, act="relu", se=EFFICIENTNET_SE, head="pre_pool", head_channels=head_channels)
 
 
 # MnasNet-B1, the TF reference's model without squeeze-excite.

@@ -27,6 +27,8 @@ from flax_dsconv.nn import (
 from flax_dsconv.ops.activations import Activation
 
 BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
+DepthTrunc = Literal["ceil", "round"]
+HeadScaling = Literal["none", "width", "up"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,7 +42,10 @@ class Row:
     depthwise convs before the expansion and after the projection (0: none). ``expand``: the expansion ratio over
     the block's input channels. ``se``: the squeeze-excite ratio (0: none), applied as the family's
     :class:`SqueezeExciteRule` says. ``act``: None for the network's. ``pw_act``: a ds block activates after its
-    pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it.
+    pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it
+    (:data:`CONV` rows default to False, as timm's ``cn`` blocks). ``group_size``: channels per group of an er
+    block's k x k conv (0: dense). ``expand_from``: expand from this many channels (width-scaled) instead of the
+    block's input (the EdgeTPU models' first block).
     """
 
     block: BlockKind
@@ -55,9 +60,12 @@ class Row:
     skip: bool = True
     start_kernel: int = 0
     end_kernel: int = 0
+    group_size: int = 0
+    expand_from: int = 0
 
 
-Table = tuple[tuple[Row, ...], ...]
+Stage = tuple[Row, ...]
+Table = tuple[Stage, ...]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,12 +81,23 @@ class SqueezeExciteRule:
     gate: Activation = "hard_sigmoid"
 
 
+# timm's EfficientNet class (EfficientNet, MnasNet, FBNet, ...): a sigmoid-gated SE with the block's activation,
+# sized off the block input and rounded to the nearest integer.
+EFFICIENTNET_SE = SqueezeExciteRule(from_expansion=False, divisible=False, act=None, gate="sigmoid")
+
+# timm's ``tf_`` models, ported from TF weights: SAME padding and BatchNorm epsilon 1e-3 (``build``'s keywords).
+TF_PORT: dict[str, Any] = {"padding": "SAME", "bn_epsilon": 1e-3}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """What a family fixes beside its table: a 3x3 stride-2 stem of ``stem`` channels (kept unscaled for width
-    multipliers below ``fix_stem_below``), the network's activation, its SE rule, and its head: ``'pre_pool'``
-    (timm's EfficientNet class: 1x1 conv + BN + act before pooling) or ``'post_pool'`` (the MobileNetV3 class),
-    ``head_channels`` wide whatever the width. ``round_limit``: ``make_divisible``'s, for every width."""
+    """What a family fixes beside its table: a ``stem_kernel`` stride-2 stem of ``stem`` channels (kept unscaled
+    for width multipliers below ``fix_stem_below``; ``math.inf``: always), the network's activation, its SE rule,
+    and its head: ``'pre_pool'`` (timm's EfficientNet class: 1x1 conv + BN + act before pooling) or
+    ``'post_pool'`` (the MobileNetV3 class), ``head_channels`` wide, width-scaled as ``head_scaling`` says
+    (``'none'``: kept, ``'width'``: scaled, ``'up'``: scaled up only). ``depth_trunc``: a stage's scaled repeats
+    are ``ceil(n·d)`` or ``round(n·d)`` (TinyNet); ``fix_first_last``: the first and last stages keep their depth
+    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B)."""
 
     stem: int
     act: Activation
@@ -87,7 +106,11 @@ class Recipe:
     head_channels: int
     head_bias: bool = False
     head_norm: bool = False
+    head_scaling: HeadScaling = "none"
+    stem_kernel: int = 3
     fix_stem_below: float = 0.0
+    depth_trunc: DepthTrunc = "ceil"
+    fix_first_last: bool = False
     round_limit: float = 0.9
 
 
@@ -99,15 +122,16 @@ def check_depth(depth_multiplier: float, where: str) -> None:
         raise ValueError(f"{where}: depth_multiplier must be a finite number above 0, got {depth_multiplier!r}")
 
 
-def scale_depth(repeats: tuple[int, ...], multiplier: float) -> tuple[int, ...]:
-    """One stage's repeats scaled by ``multiplier``: the stage's total rounded up (EfficientNet's ceil), then shared
-    out from the last row backwards, each row keeping at least one block (the first row is the last to grow).
+def scale_depth(repeats: tuple[int, ...], multiplier: float, trunc: DepthTrunc = "ceil") -> tuple[int, ...]:
+    """One stage's repeats scaled by ``multiplier``: the stage's total rounded up (EfficientNet's ``'ceil'``) or
+    to the nearest, at least 1 (TinyNet's ``'round'``), then shared out from the last row backwards, each row
+    keeping at least one block (the first row, often the strided one, is the last to grow).
 
     >>> scale_depth((1, 1, 2), 1.2)
     (1, 2, 2)
     """
     total = sum(repeats)
-    left = math.ceil(total * multiplier)
+    left = math.ceil(total * multiplier) if trunc == "ceil" else max(1, round(total * multiplier))
     scaled = []
     for r in reversed(repeats):
         share = max(1, round(r / total * left))  # Python's round, half to even, as timm's
@@ -124,12 +148,12 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
     return make_divisible(reduced, round_limit=round_limit) if rule.divisible else round(reduced)
 
 
-def _block(row: Row, in_ch: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
+def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
     act = row.act or recipe.act
     skip = row.skip and stride == 1 and in_ch == out
     if row.block == "conv":
-        return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act)
-    mid = in_ch if row.block == "ds" else make_divisible(in_ch * row.expand)
+        return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, skip=skip)
+    mid = in_ch if row.block == "ds" else make_divisible(expand_in * row.expand)
     if row.block == "uir":
         return UniversalInvertedResidualConfig(
             out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
@@ -147,14 +171,14 @@ def _block(row: Row, in_ch: int, out: int, stride: int, recipe: Recipe) -> Block
         return InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
                                       act=act, skip=skip, **se)  # fmt: skip
     return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
-                              skip=skip, **se)  # fmt: skip
+                              groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
 
 
 def build(
     table: Table,
     recipe: Recipe,
     width_multiplier: float = 1.0,
-    depth_multiplier: float = 1.0,
+    depth_multiplier: float | tuple[float, ...] = 1.0,
     *,
     num_classes: int = 1000,
     dropout: float = 0.0,
@@ -165,29 +189,42 @@ def build(
     where: str = "build",
 ) -> MobileNet:
     """The network ``table`` describes under ``recipe``: every row's channels ``make_divisible(c · width)``, every
-    stage's repeats :func:`scale_depth`-ed, PyTorch's BatchNorm momentum. ``where`` names the builder in errors.
+    stage's repeats :func:`scale_depth`-ed (``depth_multiplier``: one for all stages or one per stage), PyTorch's
+    BatchNorm momentum. ``where`` names the builder in errors.
 
     >>> model = build(((Row(block="ds", out=16),), (Row(block="ir", out=24, stride=2, expand=6),)), recipe)
     """
     check_width(width_multiplier, where)
-    check_depth(depth_multiplier, where)
+    depths = depth_multiplier if isinstance(depth_multiplier, tuple) else (depth_multiplier,) * len(table)
+    if len(depths) != len(table):
+        raise ValueError(f"{where}: depth_multiplier must be one number or one per stage ({len(table)}), "
+                         f"got {depth_multiplier!r}")  # fmt: skip
+    for depth in depths:
+        check_depth(depth, where)
     ch = lambda c: make_divisible(c * width_multiplier, round_limit=recipe.round_limit)  # noqa: E731
     stem = recipe.stem if width_multiplier < recipe.fix_stem_below else ch(recipe.stem)
     in_ch = stem
     stages: list[tuple[BlockConfig, ...]] = []
-    for stage in table:
+    for s, (stage, depth) in enumerate(zip(table, depths, strict=True)):
+        fixed = recipe.fix_first_last and s in (0, len(table) - 1)
+        repeats = scale_depth(tuple(r.repeats for r in stage), 1.0 if fixed else depth, recipe.depth_trunc)
         blocks: list[BlockConfig] = []
-        for row, repeats in zip(stage, scale_depth(tuple(r.repeats for r in stage), depth_multiplier), strict=True):
-            for i in range(repeats):
-                blocks.append(_block(row, in_ch, ch(row.out), row.stride if i == 0 else 1, recipe))
+        for row, n in zip(stage, repeats, strict=True):
+            expand_in = ch(row.expand_from) if row.expand_from else 0
+            for i in range(n):
+                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe))
                 in_ch = blocks[-1].out_channels
         stages.append(tuple(blocks))
+    head = recipe.head_channels
+    if recipe.head_scaling != "none":
+        head = ch(head) if recipe.head_scaling == "width" else max(head, ch(head))
     config = MobileNetConfig(
         stages=tuple(stages),
         stem_channels=stem,
+        stem_kernel=recipe.stem_kernel,
         stem_act=recipe.act,
         head=recipe.head,
-        head_channels=recipe.head_channels,
+        head_channels=head,
         head_act=recipe.act,
         head_bias=recipe.head_bias,
         head_norm=recipe.head_norm,
@@ -205,4 +242,4 @@ DS = functools.partial(Row, block="ds")
 IR = functools.partial(Row, block="ir")
 ER = functools.partial(Row, block="er")
 UIR = functools.partial(Row, block="uir")
-CONV = functools.partial(Row, block="conv", kernel=1)
+CONV = functools.partial(Row, block="conv", kernel=1, skip=False)
