@@ -1,6 +1,8 @@
 """Configs, the one generic network, and one file per family holding its paper's table and builders."""
 
 from flax_dsconv.models.config import MobileNetConfig, make_divisible
+from flax_dsconv.models.efficientnet import efficientnet
+from flax_dsconv.models.efficientnet_v2 import efficientnet_v2
 from flax_dsconv.models.mobilenet_v1 import mobilenet_v1
 from flax_dsconv.models.mobilenet_v2 import mobilenet_v2
 from flax_dsconv.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
@@ -12,6 +14,8 @@ __all__ = [
     "MobileNet",
     "MobileNetConfig",
     "create_model",
+    "efficientnet",
+    "efficientnet_v2",
     "list_models",
     "make_divisible",
     "mobilenet_v1",

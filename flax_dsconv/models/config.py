@@ -14,13 +14,14 @@ Head = Literal["none", "pre_pool", "post_pool"]
 Padding = Literal["torch", "SAME"]
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round ``value`` to a multiple of ``divisor``, never below ``divisor`` nor 10% under ``value``.
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Round ``value`` to a multiple of ``divisor``, never below ``divisor`` nor under ``round_limit · value``.
 
-    The rounding torchvision and timm apply to every width-multiplied channel count.
+    The rounding torchvision and timm apply to every width-multiplied channel count (FBNetV3 uses
+    ``round_limit=0.95``; timm's EfficientNetV2-B series 0: the nearest multiple, however far under).
     """
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
+    return rounded + divisor if rounded < round_limit * value else rounded
 
 
 def check_width(width_multiplier: float, where: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
@@ -27,6 +30,7 @@ def mobilenet_v1(
     act: Activation = "relu",
     dropout: float = 0.0,
     separable: bool = True,
+    head: bool = False,
     in_channels: int = 3,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
@@ -37,7 +41,9 @@ def mobilenet_v1(
 
     ``width_multiplier`` is the paper's α (channels ``make_divisible(α·c, 8)``, exactly α·c for the
     paper's 1.0/0.75/0.5/0.25); the resolution multiplier ρ is just the input size. ``separable=False``
-    builds the paper's full-convolution baseline (Table 4). ``bn_momentum`` is Flax's (torch 0.1 → 0.9).
+    builds the paper's full-convolution baseline (Table 4). ``head=True`` adds a 1x1 conv + BN + act of
+    ``max(1024, make_divisible(1024·α))`` channels before pooling (timm's ``mobilenetv1_100h``).
+    ``bn_momentum`` is Flax's (torch 0.1 → 0.9).
     timm's ``mobilenetv1_*`` use ``act='relu6'``.
 
     >>> model = mobilenet_v1(0.75)
@@ -62,4 +68,14 @@ def mobilenet_v1(
         padding=padding,
         norm=BatchNormConfig(bn_momentum, bn_epsilon),
     )
+    if head:
+        config = dataclasses.replace(config, head="pre_pool", head_channels=max(1024, ch(1024)), head_act=act)
     return MobileNet(config, dtype=dtype)
+
+
+# timm builds these with PyTorch's BatchNorm defaults and no dropout before the classifier.
+TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
+    "mobilenetv1_100": functools.partial(mobilenet_v1, 1.0, act="relu6"),
+    "mobilenetv1_100h": functools.partial(mobilenet_v1, 1.0, act="relu6", head=True),
+    "mobilenetv1_125": functools.partial(mobilenet_v1, 1.25, act="relu6"),
+}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
+from flax_dsconv.models.table import check_depth, scale_depth
 from flax_dsconv.nn import BatchNormConfig, BlockConfig, InvertedResidualConfig, SeparableConfig
 
 # t, c, n, s — Table 2: expansion, output channels, repeats, first stride; one stage per row.
@@ -25,6 +28,8 @@ def mobilenet_v2(
     num_classes: int = 1000,
     *,
     dropout: float = 0.2,
+    depth_multiplier: float = 1.0,
+    fix_stem_head: bool = False,
     in_channels: int = 3,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
@@ -34,13 +39,20 @@ def mobilenet_v2(
     """MobileNetV2 as torchvision builds it: ReLU6, ``make_divisible(c·w, 8)`` channels, a 1280 head
     (scaled up for w > 1), dropout 0.2, PyTorch's BatchNorm defaults.
 
+    ``depth_multiplier`` scales each stage's repeats (rounded up); ``fix_stem_head`` keeps the stem (32), the
+    head (1280) and the first and last stages' depths unscaled (timm's ``mobilenetv2_110d`` / ``_120d``).
+
     >>> model = mobilenet_v2(width_multiplier=0.5, num_classes=10)
     """
     check_width(width_multiplier, "mobilenet_v2")
+    check_depth(depth_multiplier, "mobilenet_v2")
     ch = lambda c: make_divisible(c * width_multiplier)  # noqa: E731
-    in_ch = ch(32)
+    stem = 32 if fix_stem_head else ch(32)
+    in_ch = stem
     stages = []
-    for t, c, n, s in V2_TABLE:
+    for row, (t, c, n, s) in enumerate(V2_TABLE):
+        fixed = fix_stem_head and row in (0, len(V2_TABLE) - 1)
+        n = scale_depth((n,), 1.0 if fixed else depth_multiplier)[0]
         out = ch(c)
         blocks = []
         for i in range(n):
@@ -58,10 +70,10 @@ def mobilenet_v2(
         stages.append(tuple(blocks))
     config = MobileNetConfig(
         stages=tuple(stages),
-        stem_channels=ch(32),
+        stem_channels=stem,
         stem_act="relu6",
         head="pre_pool",
-        head_channels=make_divisible(1280 * max(1.0, width_multiplier)),
+        head_channels=1280 if fix_stem_head else make_divisible(1280 * max(1.0, width_multiplier)),
         head_act="relu6",
         num_classes=num_classes,
         dropout=dropout,
@@ -70,3 +82,14 @@ def mobilenet_v2(
         norm=BatchNormConfig(bn_momentum, bn_epsilon),
     )
     return MobileNet(config, dtype=dtype)
+
+
+# timm builds these with PyTorch's BatchNorm defaults and no dropout before the classifier.
+TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
+    **{
+        f"mobilenetv2_{tag}": functools.partial(mobilenet_v2, width, dropout=0.0)
+        for tag, width in (("035", 0.35), ("050", 0.5), ("075", 0.75), ("100", 1.0), ("140", 1.4))
+    },
+    "mobilenetv2_110d": functools.partial(mobilenet_v2, 1.1, dropout=0.0, depth_multiplier=1.2, fix_stem_head=True),
+    "mobilenetv2_120d": functools.partial(mobilenet_v2, 1.2, dropout=0.0, depth_multiplier=1.4, fix_stem_head=True),
+}

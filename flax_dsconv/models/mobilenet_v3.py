@@ -1,12 +1,20 @@
-"""MobileNetV3 (Howard et al. 2019): the paper's Tables 1-2 as data, and the builders (torchvision's choices)."""
+"""MobileNetV3 (Howard et al. 2019): the paper's Tables 1-2 as data, and the builders (torchvision's choices);
+timm's tables (expansion ratios, its minimal variants, its ``mobilenetv3_rw``), their builders, and timm's names.
+
+torchvision and timm scale the paper's widths differently: torchvision rounds each table width times the
+multiplier, timm rounds each block's input times the expansion ratio (72 = 4.5 · 16), and fixes the head's width.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 from flax_dsconv.models.config import MobileNetConfig, Padding, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
+from flax_dsconv.models.table import CONV, DS, IR, Recipe, SqueezeExciteRule, Table, build
 from flax_dsconv.nn import BatchNormConfig, BlockConfig, ConvBNActConfig, InvertedResidualConfig, SeparableConfig
 
 
@@ -184,3 +192,119 @@ def mobilenet_v3_small(
         V3_SMALL, 1024, width_multiplier, num_classes, dilated, reduced_tail, dropout,
         in_channels, bn_momentum, bn_epsilon, padding, dtype,
     )  # fmt: skip
+
+
+# timm's MobileNetV3-Large: Table 1 as expansion ratios over each block's input, one row per run of equal blocks.
+TIMM_V3_LARGE: Table = (
+    (DS(out=16, act=_RE),),
+    (IR(out=24, stride=2, expand=4, act=_RE), IR(out=24, expand=3, act=_RE)),
+    (IR(out=40, repeats=3, kernel=5, stride=2, expand=3, se=0.25, act=_RE),),
+    (IR(out=80, stride=2, expand=6), IR(out=80, expand=2.5), IR(out=80, repeats=2, expand=2.3)),
+    (IR(out=112, repeats=2, expand=6, se=0.25),),
+    (IR(out=160, repeats=3, kernel=5, stride=2, expand=6, se=0.25),),
+    (CONV(out=960),),
+)
+
+# timm's MobileNetV3-Small, Table 2 likewise (88 = 3.67 · 24).
+TIMM_V3_SMALL: Table = (
+    (DS(out=16, stride=2, se=0.25, act=_RE),),
+    (IR(out=24, stride=2, expand=4.5, act=_RE), IR(out=24, expand=3.67, act=_RE)),
+    (IR(out=40, kernel=5, stride=2, expand=4, se=0.25), IR(out=40, repeats=2, kernel=5, expand=6, se=0.25)),
+    (IR(out=48, repeats=2, kernel=5, expand=3, se=0.25),),
+    (IR(out=96, repeats=3, kernel=5, stride=2, expand=6, se=0.25),),
+    (CONV(out=576),),
+)
+
+# The minimal variants (the TF reference's): 3x3 kernels, no squeeze-excite, ReLU throughout.
+TIMM_V3_LARGE_MINIMAL: Table = (
+    (DS(out=16),),
+    (IR(out=24, stride=2, expand=4), IR(out=24, expand=3)),
+    (IR(out=40, repeats=3, stride=2, expand=3),),
+    (IR(out=80, stride=2, expand=6), IR(out=80, expand=2.5), IR(out=80, repeats=2, expand=2.3)),
+    (IR(out=112, repeats=2, expand=6),),
+    (IR(out=160, repeats=3, stride=2, expand=6),),
+    (CONV(out=960),),
+)
+
+TIMM_V3_SMALL_MINIMAL: Table = (
+    (DS(out=16, stride=2),),
+    (IR(out=24, stride=2, expand=4.5), IR(out=24, expand=3.67)),
+    (IR(out=40, stride=2, expand=4), IR(out=40, repeats=2, expand=6)),
+    (IR(out=48, repeats=2, expand=3),),
+    (IR(out=96, repeats=3, stride=2, expand=6),),
+    (CONV(out=576),),
+)
+
+_TIMM_V3: dict[tuple[str, bool], tuple[Table, int]] = {  # (size, minimal): table, head width
+    ("large", False): (TIMM_V3_LARGE, 1280),
+    ("small", False): (TIMM_V3_SMALL, 1024),
+    ("large", True): (TIMM_V3_LARGE_MINIMAL, 1280),
+    ("small", True): (TIMM_V3_SMALL_MINIMAL, 1024),
+}
+
+
+def timm_mobilenet_v3(
+    size: Literal["large", "small"] = "large",
+    width_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    depth_multiplier: float = 1.0,
+    minimal: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    padding: Padding = "torch",
+    bn_epsilon: float = 1e-5,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """MobileNetV3 as timm builds it: block widths ``make_divisible(in · ratio)``, the head 1280 (large) or 1024
+    (small) whatever the width, the stem unscaled below width 0.75, each stage's repeats times ``depth_multiplier``
+    (rounded up), PyTorch's BatchNorm momentum. ``minimal``: the minimal variant. The TF-ported ``tf_*`` weights
+    need ``padding='SAME'`` and ``bn_epsilon=1e-3``.
+
+    >>> model = timm_mobilenet_v3("large", 1.5, depth_multiplier=1.2)
+    """
+    if (size, minimal) not in _TIMM_V3:
+        raise ValueError(f"timm_mobilenet_v3: size must be 'large' or 'small', got {size!r}")
+    table, head_channels = _TIMM_V3[size, minimal]
+    se = SqueezeExciteRule(from_expansion=True, divisible=True)
+    recipe = Recipe(stem=16, act="relu" if minimal else _HS, se=se, head="post_pool", head_channels=head_channels,
+                    head_bias=True, fix_stem_below=0.75)  # fmt: skip
+    return build(table, recipe, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, padding=padding, bn_epsilon=bn_epsilon, dtype=dtype,
+                 where="timm_mobilenet_v3")  # fmt: skip
+
+
+def mobilenet_v3_rw(
+    width_multiplier: float = 1.0, num_classes: int = 1000, *, dropout: float = 0.0, in_channels: int = 3,
+    bn_epsilon: float = 1e-3, dtype: Any | None = None,
+) -> MobileNet:  # fmt: skip
+    """timm's own MobileNetV3-Large (``mobilenetv3_rw``): no residual in the first block, SE with the block's
+    activation and widths rounded to the nearest integer, a 1280 head without bias, BatchNorm eps 1e-3 (timm's
+    setting for it, with torch padding).
+
+    >>> model = mobilenet_v3_rw()
+    """
+    first = dataclasses.replace(TIMM_V3_LARGE[0][0], skip=False)
+    se = SqueezeExciteRule(from_expansion=True, divisible=False, act=None)
+    recipe = Recipe(stem=16, act=_HS, se=se, head="post_pool", head_channels=1280)
+    return build(((first,), *TIMM_V3_LARGE[1:]), recipe, width_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, bn_epsilon=bn_epsilon, dtype=dtype, where="mobilenet_v3_rw")  # fmt: skip
+
+
+_TF = functools.partial(timm_mobilenet_v3, padding="SAME", bn_epsilon=1e-3)
+
+TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
+    "mobilenetv3_large_075": functools.partial(timm_mobilenet_v3, "large", 0.75),
+    "mobilenetv3_large_100": functools.partial(timm_mobilenet_v3, "large", 1.0),
+    "mobilenetv3_large_150d": functools.partial(timm_mobilenet_v3, "large", 1.5, depth_multiplier=1.2),
+    "mobilenetv3_small_050": functools.partial(timm_mobilenet_v3, "small", 0.5),
+    "mobilenetv3_small_075": functools.partial(timm_mobilenet_v3, "small", 0.75),
+    "mobilenetv3_small_100": functools.partial(timm_mobilenet_v3, "small", 1.0),
+    "mobilenetv3_rw": mobilenet_v3_rw,
+    "tf_mobilenetv3_large_075": functools.partial(_TF, "large", 0.75),
+    "tf_mobilenetv3_large_100": functools.partial(_TF, "large", 1.0),
+    "tf_mobilenetv3_large_minimal_100": functools.partial(_TF, "large", 1.0, minimal=True),
+    "tf_mobilenetv3_small_075": functools.partial(_TF, "small", 0.75),
+    "tf_mobilenetv3_small_100": functools.partial(_TF, "small", 1.0),
+    "tf_mobilenetv3_small_minimal_100": functools.partial(_TF, "small", 1.0, minimal=True),
+}

@@ -1,17 +1,25 @@
 """Models by name: the torchvision and timm names whose architecture the builders reproduce exactly.
 
-Each timm name is checked against the config read off timm's own model (``parity_tests/test_models.py``).
+Each timm name is checked against the config read off timm's own model (``parity_tests/test_registry.py``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
+from flax_dsconv.models.edgetpu import TIMM_MODELS as EDGETPU_TIMM
+from flax_dsconv.models.efficientnet import TIMM_MODELS as EFFICIENTNET_TIMM
+from flax_dsconv.models.efficientnet_v2 import TIMM_MODELS as EFFICIENTNET_V2_TIMM
+from flax_dsconv.models.hardcorenas import TIMM_MODELS as HARDCORENAS_TIMM
+from flax_dsconv.models.mobilenet_v1 import TIMM_MODELS as V1_TIMM
 from flax_dsconv.models.mobilenet_v1 import mobilenet_v1
+from flax_dsconv.models.mobilenet_v2 import TIMM_MODELS as V2_TIMM
 from flax_dsconv.models.mobilenet_v2 import mobilenet_v2
+from flax_dsconv.models.mobilenet_v3 import TIMM_MODELS as V3_TIMM
 from flax_dsconv.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
+from flax_dsconv.models.mobilenet_v4 import TIMM_MODELS as V4_TIMM
+from flax_dsconv.models.nas import TIMM_MODELS as NAS_TIMM
 from flax_dsconv.models.network import MobileNet
 
 # The builders under their own (torchvision's) names, with their paper / torchvision defaults.
@@ -22,19 +30,19 @@ BUILDERS: dict[str, Callable[..., MobileNet]] = {
     "mobilenet_v3_small": mobilenet_v3_small,
 }
 
-# timm builds these with PyTorch's BatchNorm defaults and no dropout before the classifier.
-_TIMM: dict[str, Callable[..., MobileNet]] = {
-    "mobilenetv1_100": functools.partial(mobilenet_v1, 1.0, act="relu6"),
-    "mobilenetv1_125": functools.partial(mobilenet_v1, 1.25, act="relu6"),
-    **{
-        f"mobilenetv2_{tag}": functools.partial(mobilenet_v2, width, dropout=0.0)
-        for tag, width in (("035", 0.35), ("050", 0.5), ("075", 0.75), ("100", 1.0), ("140", 1.4))
-    },
-    "mobilenetv3_large_100": functools.partial(mobilenet_v3_large, 1.0, dropout=0.0, bn_momentum=0.9, bn_epsilon=1e-5),
-    "mobilenetv3_small_100": functools.partial(mobilenet_v3_small, 1.0, dropout=0.0, bn_momentum=0.9, bn_epsilon=1e-5),
+# timm's names, each family's next to its builders.
+_MODELS: dict[str, Callable[..., MobileNet]] = {
+    **BUILDERS,
+    **V1_TIMM,
+    **V2_TIMM,
+    **V3_TIMM,
+    **V4_TIMM,
+    **NAS_TIMM,
+    **HARDCORENAS_TIMM,
+    **EFFICIENTNET_TIMM,
+    **EFFICIENTNET_V2_TIMM,
+    **EDGETPU_TIMM,
 }
-
-_MODELS: dict[str, Callable[..., MobileNet]] = {**BUILDERS, **_TIMM}
 
 
 def list_models() -> list[str]:

@@ -1,0 +1,157 @@
+"""EfficientNet (Tan & Le 2019), EfficientNet-Lite, EfficientNet-EdgeTPU-S/M/L (Gupta & Tan 2019) and TinyNet
+(Han et al. 2020): stage tables as data, their :class:`~flax_dsconv.models.table.Recipe` (compound scaling is
+``table.build``'s width and depth multipliers), and timm's names for them.
+
+:data:`EFFICIENTNET` is the recipe ``efficientnet_v2.py`` and ``edgetpu.py`` vary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+from flax_dsconv.models.network import MobileNet
+from flax_dsconv.models.table import DS, EFFICIENTNET_SE, ER, IR, TF_PORT, Recipe, Table, build
+
+# EfficientNet-B0, Table 1: MBConv1 (no expansion: a depthwise separable block), then MBConv6; SE 0.25 throughout.
+B0_TABLE: Table = (
+    (DS(out=16, se=0.25),),
+    (IR(out=24, repeats=2, stride=2, expand=6, se=0.25),),
+    (IR(out=40, repeats=2, kernel=5, stride=2, expand=6, se=0.25),),
+    (IR(out=80, repeats=3, stride=2, expand=6, se=0.25),),
+    (IR(out=112, repeats=3, kernel=5, expand=6, se=0.25),),
+    (IR(out=192, repeats=4, kernel=5, stride=2, expand=6, se=0.25),),
+    (IR(out=320, expand=6, se=0.25),),
+)
+LITE0_TABLE: Table = tuple(tuple(dataclasses.replace(row, se=0.0) for row in stage) for stage in B0_TABLE)
+
+# EfficientNet-EdgeTPU-S: fused MBConvs (edge residuals) in the early stages, no SE; the first block expands
+# from 24 channels whatever the stem's width (the reference implementation's quirk), and has no skip.
+EDGE_TABLE: Table = (
+    (ER(out=24, expand=4, expand_from=24, skip=False),),
+    (ER(out=32, repeats=2, stride=2, expand=8),),
+    (ER(out=48, repeats=4, stride=2, expand=8),),
+    (IR(out=96, repeats=5, kernel=5, stride=2, expand=8),),
+    (IR(out=144, repeats=4, kernel=5, expand=8),),
+    (IR(out=192, repeats=2, kernel=5, stride=2, expand=8),),
+)
+
+# B0's: SiLU, a 32-channel stem and a 1280 head before pooling, both width-scaled; repeats ceiled.
+EFFICIENTNET = Recipe(stem=32, act="silu", se=EFFICIENTNET_SE, head="pre_pool", head_channels=1280,
+                      head_scaling="width")  # fmt: skip
+# Lite: ReLU6, stem and head fixed at 32 and 1280, first and last stages not deepened.
+LITE = dataclasses.replace(EFFICIENTNET, act="relu6", fix_stem_below=math.inf, head_scaling="none",
+                           fix_first_last=True)  # fmt: skip
+EDGETPU_S = dataclasses.replace(EFFICIENTNET, act="relu")
+# TinyNet: B0 shrunk; repeats rounded (not ceiled) so single-block stages stay single, stem fixed, head >= 1280.
+TINYNET = dataclasses.replace(EFFICIENTNET, fix_stem_below=math.inf, head_scaling="up", depth_trunc="round")
+
+
+def efficientnet(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    tf: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet as timm builds it: B0's table, SiLU (swish), squeeze-excite, scaled by the compound
+    coefficients (B1 is ``(1.0, 1.1)``, B7 ``(2.0, 3.1)``: see ``EFFICIENTNET_SCALES``). ``tf=True`` matches the
+    TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3).
+
+    >>> model = efficientnet(1.2, 1.4, num_classes=10)  # B3
+    """
+    return build(B0_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet", **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_lite(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    tf: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-Lite (for mobile accelerators): B0 without squeeze-excite, ReLU6, the stem and head fixed at
+    32 and 1280 channels and the first and last stages at one block whatever the scaling; options as
+    :func:`efficientnet`.
+
+    >>> model = efficientnet_lite(1.4, 1.8)  # Lite4
+    """
+    return build(LITE0_TABLE, LITE, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet_lite",
+                 **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_edgetpu(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    tf: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-EdgeTPU (timm's ``efficientnet_es/em/el``): fused MBConvs early, ReLU, no squeeze-excite;
+    S is ``(1.0, 1.0)``, M ``(1.0, 1.1)``, L ``(1.2, 1.4)``. Options as :func:`efficientnet`.
+
+    >>> model = efficientnet_edgetpu(1.0, 1.1)  # EdgeTPU-M
+    """
+    return build(EDGE_TABLE, EDGETPU_S, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet_edgetpu",
+                 **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def tinynet(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """TinyNet (Han et al. 2020, "Model Rubik's Cube"): EfficientNet-B0 shrunk, with its 32-channel stem and a
+    head of at least 1280, repeats rounded to the nearest; timm's A is ``(1.0, 1.2)``, E ``(0.51, 0.6)``.
+
+    >>> model = tinynet(0.54, 0.85)  # TinyNet-C
+    """
+    return build(B0_TABLE, TINYNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="tinynet")  # fmt: skip
+
+
+# width, depth — the compound coefficients: B0-B7 from the paper, B8 from AdvProp, L2 from Noisy Student.
+EFFICIENTNET_SCALES: dict[str, tuple[float, float]] = {
+    "b0": (1.0, 1.0), "b1": (1.0, 1.1), "b2": (1.1, 1.2), "b3": (1.2, 1.4), "b4": (1.4, 1.8),
+    "b5": (1.6, 2.2), "b6": (1.8, 2.6), "b7": (2.0, 3.1), "b8": (2.2, 3.6), "l2": (4.3, 5.3),
+}  # fmt: skip
+LITE_SCALES: dict[str, tuple[float, float]] = {
+    "lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2), "lite3": (1.2, 1.4), "lite4": (1.4, 1.8),
+}  # fmt: skip
+EDGETPU_SCALES: dict[str, tuple[float, float]] = {"es": (1.0, 1.0), "em": (1.0, 1.1), "el": (1.2, 1.4)}
+TINYNET_SCALES: dict[str, tuple[float, float]] = {
+    "a": (1.0, 1.2), "b": (0.75, 1.1), "c": (0.54, 0.85), "d": (0.54, 0.695), "e": (0.51, 0.6),
+}  # fmt: skip
+
+# timm's names; the tf_ ports differ only in padding and BatchNorm epsilon. efficientnet_es/el_pruned are
+# es/el with pruned weights, not pruned channels.
+TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
+    **{f"{p}efficientnet_{tag}": functools.partial(efficientnet, w, d, tf=p == "tf_")
+       for tag, (w, d) in EFFICIENTNET_SCALES.items() for p in ("", "tf_")},
+    **{f"{p}efficientnet_{tag}": functools.partial(efficientnet_lite, w, d, tf=p == "tf_")
+       for tag, (w, d) in LITE_SCALES.items() for p in ("", "tf_")},
+    **{f"{p}efficientnet_{tag}": functools.partial(efficientnet_edgetpu, w, d, tf=p == "tf_")
+       for tag, (w, d) in EDGETPU_SCALES.items() for p in ("", "tf_")},
+    "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
+    "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
+    **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},
+}  # fmt: skip

@@ -1,0 +1,245 @@
+"""Architecture tables as data: typed rows of blocks, the scaling rules timm applies to them, and the one builder
+that turns a table and its family's :class:`Recipe` into a :class:`~flax_dsconv.models.network.MobileNet`.
+
+A row is a run of identical blocks with its expansion and squeeze-excite *ratios*; the widths follow from the
+block's input: ``make_divisible(in · expand)`` inside, as timm (and the MnasNet / MobileNetV3 references) compute
+them, so a width multiplier scales a table exactly as timm scales it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Literal
+
+from flax_dsconv.models.config import Head, MobileNetConfig, Padding, check_width, make_divisible
+from flax_dsconv.models.network import MobileNet
+from flax_dsconv.nn import (
+    BatchNormConfig,
+    BlockConfig,
+    ConvBNActConfig,
+    EdgeResidualConfig,
+    InvertedResidualConfig,
+    SeparableConfig,
+    UniversalInvertedResidualConfig,
+)
+from flax_dsconv.ops.activations import Activation
+
+BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
+DepthTrunc = Literal["ceil", "round"]
+HeadScaling = Literal["none", "width", "up"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Row:
+    """``repeats`` blocks of one ``block`` kind with ``out`` channels (before the width multiplier); only the first
+    has ``stride``.
+
+    ``block``: ``'ds'`` depthwise separable, ``'ir'`` inverted residual, ``'er'`` edge residual (fused MBConv),
+    ``'uir'`` universal inverted residual, ``'conv'`` dense conv + BN + act. ``kernel``: the depthwise kernel
+    (ds, ir; uir's middle one, 0 for none) or the dense one (er, conv); ``start_kernel`` / ``end_kernel``: uir's
+    depthwise convs before the expansion and after the projection (0: none). ``expand``: the expansion ratio over
+    the block's input channels. ``se``: the squeeze-excite ratio (0: none), applied as the family's
+    :class:`SqueezeExciteRule` says. ``act``: None for the network's. ``pw_act``: a ds block activates after its
+    pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it
+    (:data:`CONV` rows default to False, as timm's ``cn`` blocks). ``group_size``: channels per group of an er
+    block's k x k conv (0: dense). ``expand_from``: expand from this many channels (width-scaled) instead of the
+    block's input (the EdgeTPU models' first block).
+    """
+
+    block: BlockKind
+    out: int
+    repeats: int = 1
+    kernel: int = 3
+    stride: int = 1
+    expand: float = 1.0
+    se: float = 0.0
+    act: Activation | None = None
+    pw_act: bool = False
+    skip: bool = True
+    start_kernel: int = 0
+    end_kernel: int = 0
+    group_size: int = 0
+    expand_from: int = 0
+
+
+Stage = tuple[Row, ...]
+Table = tuple[Stage, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SqueezeExciteRule:
+    """How a family sizes its squeeze-excite. The reduced width is ``ratio · expanded width`` when
+    ``from_expansion`` (MobileNetV3), else ``ratio · block input`` measured on the expanded width, i.e.
+    ``(ratio / expand) · expanded width`` (MnasNet, FBNetV3); rounded by ``make_divisible`` when ``divisible``,
+    else to the nearest integer. ``act``: the SE's activation, None for the block's."""
+
+    from_expansion: bool
+    divisible: bool
+    act: Activation | None = "relu"
+    gate: Activation = "hard_sigmoid"
+
+
+# timm's EfficientNet class (EfficientNet, MnasNet, FBNet, ...): a sigmoid-gated SE with the block's activation,
+# sized off the block input and rounded to the nearest integer.
+EFFICIENTNET_SE = SqueezeExciteRule(from_expansion=False, divisible=False, act=None, gate="sigmoid")
+
+# timm's ``tf_`` models, ported from TF weights: SAME padding and BatchNorm epsilon 1e-3 (``build``'s keywords).
+TF_PORT: dict[str, Any] = {"padding": "SAME", "bn_epsilon": 1e-3}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """What a family fixes beside its table: a ``stem_kernel`` stride-2 stem of ``stem`` channels (kept unscaled
+    for width multipliers below ``fix_stem_below``; ``math.inf``: always), the network's activation, its SE rule,
+    and its head: ``'pre_pool'`` (timm's EfficientNet class: 1x1 conv + BN + act before pooling) or
+    ``'post_pool'`` (the MobileNetV3 class), ``head_channels`` wide, width-scaled as ``head_scaling`` says
+    (``'none'``: kept, ``'width'``: scaled, ``'up'``: scaled up only). ``depth_trunc``: a stage's scaled repeats
+    are ``ceil(n·d)`` or ``round(n·d)`` (TinyNet); ``fix_first_last``: the first and last stages keep their depth
+    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B)."""
+
+    stem: int
+    act: Activation
+    se: SqueezeExciteRule
+    head: Head
+    head_channels: int
+    head_bias: bool = False
+    head_norm: bool = False
+    head_scaling: HeadScaling = "none"
+    stem_kernel: int = 3
+    fix_stem_below: float = 0.0
+    depth_trunc: DepthTrunc = "ceil"
+    fix_first_last: bool = False
+    round_limit: float = 0.9
+
+
+def check_depth(depth_multiplier: float, where: str) -> None:
+    """A depth multiplier is a finite number above 0 (``scale_depth`` would keep one block per row for 0 or -1)."""
+    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, float)):
+        raise TypeError(f"{where}: depth_multiplier must be a number, got {depth_multiplier!r}")
+    if not math.isfinite(depth_multiplier) or depth_multiplier <= 0:
+        raise ValueError(f"{where}: depth_multiplier must be a finite number above 0, got {depth_multiplier!r}")
+
+
+def scale_depth(repeats: tuple[int, ...], multiplier: float, trunc: DepthTrunc = "ceil") -> tuple[int, ...]:
+    """One stage's repeats scaled by ``multiplier``: the stage's total rounded up (EfficientNet's ``'ceil'``) or
+    to the nearest, at least 1 (TinyNet's ``'round'``), then shared out from the last row backwards, each row
+    keeping at least one block (the first row, often the strided one, is the last to grow).
+
+    >>> scale_depth((1, 1, 2), 1.2)
+    (1, 2, 2)
+    """
+    total = sum(repeats)
+    left = math.ceil(total * multiplier) if trunc == "ceil" else max(1, round(total * multiplier))
+    scaled = []
+    for r in reversed(repeats):
+        share = max(1, round(r / total * left))  # Python's round, half to even, as timm's
+        scaled.append(share)
+        total -= r
+        left -= share
+    return tuple(reversed(scaled))
+
+
+def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float) -> int:
+    if not row.se:
+        return 0
+    reduced = mid * (row.se if rule.from_expansion else row.se / row.expand)
+    return make_divisible(reduced, round_limit=round_limit) if rule.divisible else round(reduced)
+
+
+def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
+    act = row.act or recipe.act
+    skip = row.skip and stride == 1 and in_ch == out
+    if row.block == "conv":
+        return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, skip=skip)
+    mid = in_ch if row.block == "ds" else make_divisible(expand_in * row.expand)
+    if row.block == "uir":
+        return UniversalInvertedResidualConfig(
+            out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
+            end_kernel_size=row.end_kernel, stride=stride, act=act, skip=skip,
+        )  # fmt: skip
+    se_channels = _se_channels(row, mid, recipe.se, recipe.round_limit)
+    # Without SE the configs keep their own SE defaults, as conversion reads them.
+    se: dict[str, Any] = {}
+    if se_channels:
+        se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate)
+    if row.block == "ds":
+        return SeparableConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, pw_act=row.pw_act,
+                               skip=skip, **se)  # fmt: skip
+    if row.block == "ir":
+        return InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
+                                      act=act, skip=skip, **se)  # fmt: skip
+    return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
+                              groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
+
+
+def build(
+    table: Table,
+    recipe: Recipe,
+    width_multiplier: float = 1.0,
+    depth_multiplier: float | tuple[float, ...] = 1.0,
+    *,
+    num_classes: int = 1000,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    padding: Padding = "torch",
+    bn_epsilon: float = 1e-5,
+    dtype: Any | None = None,
+    where: str = "build",
+) -> MobileNet:
+    """The network ``table`` describes under ``recipe``: every row's channels ``make_divisible(c · width)``, every
+    stage's repeats :func:`scale_depth`-ed (``depth_multiplier``: one for all stages or one per stage), PyTorch's
+    BatchNorm momentum. ``where`` names the builder in errors.
+
+    >>> model = build(((Row(block="ds", out=16),), (Row(block="ir", out=24, stride=2, expand=6),)), recipe)
+    """
+    check_width(width_multiplier, where)
+    depths = depth_multiplier if isinstance(depth_multiplier, tuple) else (depth_multiplier,) * len(table)
+    if len(depths) != len(table):
+        raise ValueError(f"{where}: depth_multiplier must be one number or one per stage ({len(table)}), "
+                         f"got {depth_multiplier!r}")  # fmt: skip
+    for depth in depths:
+        check_depth(depth, where)
+    ch = lambda c: make_divisible(c * width_multiplier, round_limit=recipe.round_limit)  # noqa: E731
+    stem = recipe.stem if width_multiplier < recipe.fix_stem_below else ch(recipe.stem)
+    in_ch = stem
+    stages: list[tuple[BlockConfig, ...]] = []
+    for s, (stage, depth) in enumerate(zip(table, depths, strict=True)):
+        fixed = recipe.fix_first_last and s in (0, len(table) - 1)
+        repeats = scale_depth(tuple(r.repeats for r in stage), 1.0 if fixed else depth, recipe.depth_trunc)
+        blocks: list[BlockConfig] = []
+        for row, n in zip(stage, repeats, strict=True):
+            expand_in = ch(row.expand_from) if row.expand_from else 0
+            for i in range(n):
+                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe))
+                in_ch = blocks[-1].out_channels
+        stages.append(tuple(blocks))
+    head = recipe.head_channels
+    if recipe.head_scaling != "none":
+        head = ch(head) if recipe.head_scaling == "width" else max(head, ch(head))
+    config = MobileNetConfig(
+        stages=tuple(stages),
+        stem_channels=stem,
+        stem_kernel=recipe.stem_kernel,
+        stem_act=recipe.act,
+        head=recipe.head,
+        head_channels=head,
+        head_act=recipe.act,
+        head_bias=recipe.head_bias,
+        head_norm=recipe.head_norm,
+        num_classes=num_classes,
+        dropout=dropout,
+        in_channels=in_channels,
+        padding=padding,
+        norm=BatchNormConfig(0.9, bn_epsilon),
+    )
+    return MobileNet(config, dtype=dtype)
+
+
+# One constructor per block kind, for readable tables: ``IR(out=24, stride=2, expand=6)``.
+DS = functools.partial(Row, block="ds")
+IR = functools.partial(Row, block="ir")
+ER = functools.partial(Row, block="er")
+UIR = functools.partial(Row, block="uir")
+CONV = functools.partial(Row, block="conv", kernel=1, skip=False)
