@@ -38,11 +38,29 @@ def test_parity_default_cases_cover_every_source_and_family():
                 "mobilenetv3_small", "tf_mobilenetv3", "mobilenetv3_rw", "DSConv")  # fmt: skip
     for family in families:
         assert family in labels
+    # every family file with timm names has a row of its own
+    import importlib
+    import pkgutil
+
+    import flax_dsconv.models
+
+    for info in pkgutil.iter_modules(flax_dsconv.models.__path__):
+        names = getattr(importlib.import_module(f"flax_dsconv.models.{info.name}"), "TIMM_MODELS", {})
+        assert not names or set(names) & {c.label for c in cases}, f"no parity row for models/{info.name}.py"
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_summary_of_a_timm_name_refuses_a_width(capsys):
+    assert cli.main(["summary", "--arch", "lcnet_050", "--width", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flax-dsconv summary: ValueError: --width: lcnet_050 is a timm name") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "arch", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0", "lcnet_050"]
+)
 def test_summary_prints_the_table(capsys, arch):
-    assert cli.main(["summary", "--arch", arch, "--width", "0.75", "--resolution", "160"]) == 0
+    width = ["--width", "0.75"] if arch in flax_dsconv.BUILDERS else []
+    assert cli.main(["summary", "--arch", arch, *width, "--resolution", "160"]) == 0
     out = capsys.readouterr().out
     assert "total mult-adds" in out and "classifier" in out
 

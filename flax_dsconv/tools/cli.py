@@ -39,16 +39,21 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from flax_dsconv import create_model, summary
+    from flax_dsconv import BUILDERS, create_model, summary
 
-    kwargs = {"width_multiplier": args.width, "num_classes": args.num_classes}
+    kwargs: dict[str, Any] = {"num_classes": args.num_classes}
+    if args.width is not None:
+        if args.arch not in BUILDERS:
+            raise ValueError(f"--width: {args.arch} is a timm name, its width is part of it; --width takes a builder "
+                             f"({', '.join(sorted(BUILDERS))})")  # fmt: skip
+        kwargs["width_multiplier"] = args.width
     if args.full_conv:
         if args.arch != "mobilenet_v1":
             raise ValueError("--full-conv applies to mobilenet_v1 only")
         kwargs["separable"] = False
     model = create_model(args.arch, **kwargs)
     print(
-        f"{args.arch}  width {args.width}  resolution {args.resolution}"
+        f"{args.arch}  width {1.0 if args.width is None else args.width}  resolution {args.resolution}"
         + ("  (full convolution)" if args.full_conv else "")
     )
     print(summary(model, (1, args.resolution, args.resolution, 3)))
@@ -162,11 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_parity)
 
-    from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS
+    from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS, list_models
 
     s = add_parser("summary", help="per-layer parameters and mult-adds")
-    s.add_argument("--arch", choices=sorted(BUILDERS), default="mobilenet_v1")
-    s.add_argument("--width", type=_width, default=1.0, help="width multiplier α")
+    s.add_argument(
+        "--arch",
+        choices=list_models(),
+        default="mobilenet_v1",
+        metavar="NAME",
+        help="a builder or timm name (flax_dsconv.list_models())",
+    )
+    s.add_argument("--width", type=_width, help="width multiplier α of a builder (default 1.0)")
     s.add_argument("--resolution", type=_positive, default=224, help="input height and width")
     s.add_argument("--num-classes", type=_count, default=1000)
     s.add_argument("--full-conv", action="store_true", help="MobileNetV1 with full 3x3 convs (paper, Table 4)")
