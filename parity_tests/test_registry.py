@@ -30,3 +30,19 @@ def test_create_model_builds_the_config_timm_builds(name):
 def test_create_model_names_the_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'mobilenet_v9'.*mobilenet_v2"):
         create_model("mobilenet_v9")
+
+
+@pytest.mark.parametrize(
+    "row,match",
+    [
+        (dict(block="conv", out=8, se=0.25), "a 'conv' block has no se"),
+        (dict(block="uir", out=8, se=0.25), "a 'uir' block has no se"),
+        (dict(block="ds", out=8, expand=6.0), "a 'ds' block has no expand"),
+        (dict(block="ir", out=8, start_kernel=3), "an? 'ir' block has no start_kernel"),
+    ],
+)
+def test_a_table_row_refuses_a_setting_its_block_has_no_place_for(row, match):
+    from flax_dsconv.models.table import Row
+
+    with pytest.raises(ValueError, match=match):
+        Row(**row)

@@ -63,6 +63,21 @@ class Row:
     group_size: int = 0
     expand_from: int = 0
 
+    def __post_init__(self) -> None:
+        # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
+        unused = {
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from"),
+            "uir": ("se", "pw_act", "group_size"),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from"),
+            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
+            "er": ("pw_act", "start_kernel", "end_kernel"),
+        }[self.block]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        given = [name for name in unused if getattr(self, name) != defaults[name]]
+        if given:
+            raise ValueError(f"Row: a {self.block!r} block has no {', '.join(given)} (got "
+                             f"{', '.join(f'{n}={getattr(self, n)!r}' for n in given)})")  # fmt: skip
+
 
 Stage = tuple[Row, ...]
 Table = tuple[Stage, ...]
