@@ -53,15 +53,7 @@ def _resolution(name: str, model: torch.nn.Module) -> int:
     return default if params <= 15e6 else 160 if params <= 100e6 else 64
 
 
-# Investigated, not fixed: LCNet-0.35's fp32 error grows ~2x faster than torch's through its narrow (8-44 channel)
-# hard-swish separable stages, so it ends at 2.0-2.3x torch's (stage 5: flax 1.7e-6, torch 7.7e-7 at 224, with either
-# depthwise implementation); LCNet 0.5-1.5 pass. Not counted as tested in the README until the cause is found.
-OVER_BOUND = {"lcnet_035": "fp32 error 2.0-2.3x torch's in its narrow hard-swish stages (under investigation)"}
-CASES = [
-    pytest.param(name, size, marks=pytest.mark.xfail(reason=OVER_BOUND[name], strict=False)) if name in OVER_BOUND
-    else (name, size)
-    for name, size in [(name, "default") for name in CONVERTED] + [(name, "odd") for name in ODD_SIZE]
-]  # fmt: skip
+CASES = [(name, "default") for name in CONVERTED] + [(name, "odd") for name in ODD_SIZE]
 
 
 @pytest.mark.slow
