@@ -70,10 +70,13 @@ GRAD_FAMILIES = {
     "tv_mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(num_classes=10, dropout=0.0),
     "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10, dropout=0.0),
     "timm_tf_mobilenetv3_small_075": lambda: timm.create_model("tf_mobilenetv3_small_075", num_classes=10),  # 'SAME'
+    # EdgeResidual and SiLU/sigmoid squeeze-excite inverted residuals (the EfficientNet family's blocks)
+    "timm_test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=10),
 }
 # Eager execution compiles each primitive on its own (a minute for MobileNetV3-Large); one model per block family
 # runs eagerly: V3-Large is built of V3-Small's blocks.
-JIT_ONLY = {"tv_mobilenet_v3_large"}
+# test_efficientnet's blocks use the same library VJPs (shifted depthwise, pointwise, BatchNorm) as the others'.
+JIT_ONLY = {"tv_mobilenet_v3_large", "timm_test_efficientnet"}
 DRAWS = (0, 1, 2)
 GRAD_SHAPE = (4, 3, 64, 64)
 # 'pallas' runs on a GPU only; its gradients are compared with 'xla' in test_pallas.py.
@@ -237,12 +240,24 @@ def _batches(n: int = 2):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_training_trajectory_matches_torch(name):
-    make_jax, make_torch, lr = OPTIMIZERS[name]
-    batches = _batches()
     # Smooth activations (SiLU): with ReLU or hard-swish, some pre-activation passes within fp32 rounding of a
     # kink in one of the forty fp32 runs' twenty steps (see kinks.py), and from that step on that run follows
     # another trajectory. Kinked activations are covered by the one-step gradient tests above.
+    batches = _batches()
     model = randomize_batchnorm(torch_ref.MobileNetV1(0.25, num_classes=10, act="silu"), batches[0][0])
+    _check_trajectory(name, model, batches)
+
+
+def test_training_trajectory_of_edge_residual_and_squeeze_excite_blocks_matches_torch():
+    """timm's test_efficientnet: a conv stem, two fused-MBConv (EdgeResidual) stages, two SE inverted-residual
+    stages, all SiLU, sigmoid gates: the EfficientNet family's blocks through 20 steps of SGD with momentum."""
+    batches = _batches()
+    model = randomize_batchnorm(timm.create_model("test_efficientnet", num_classes=10), batches[0][0])
+    _check_trajectory("sgd_momentum", model, batches)
+
+
+def _check_trajectory(name: str, model: torch.nn.Module, batches) -> None:
+    make_jax, make_torch, lr = OPTIMIZERS[name]
     model.train()
     module, variables = from_torch(model)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -282,7 +297,7 @@ def test_training_trajectory_matches_torch(name):
         params, batch_stats, opt_state, loss = train_step(params, batch_stats, opt_state, *jax_batches[step % 2])
         jax_losses.append(float(loss))
 
-    final = to_torch_state_dict(module, {"params": params, "batch_stats": batch_stats}, source="torch_ref")
+    final = to_torch_state_dict(module, {"params": params, "batch_stats": batch_stats}, model=copy.deepcopy(model))
     got = {k: v.numpy() for k, v in final.items() if "num_batches" not in k}
     expected = {k: v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
     expected_nhwc = {k: v.numpy() for k, v in nhwc.state_dict().items() if "num_batches" not in k}
