@@ -22,6 +22,7 @@ __all__ = [
     "channels_last",
     "photo_batch",
     "random_timm",
+    "random_torchvision",
     "random_variables",
     "randomize_batchnorm",
     "relative_error",
@@ -134,11 +135,23 @@ def random_timm(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     :func:`randomize_batchnorm`."""
     import timm
 
+    return _random_weights(lambda: timm.create_model(name, **kwargs), seed)
+
+
+def random_torchvision(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """``torchvision.models.<name>(**kwargs)`` with :func:`random_timm`'s random weights, built without
+    torchvision's initialisation. Pass the result to :func:`randomize_batchnorm`."""
+    import torchvision
+
+    return _random_weights(lambda: getattr(torchvision.models, name)(**kwargs), seed)
+
+
+def _random_weights(build, seed: int) -> torch.nn.Module:
     with torch.device("meta"):
-        model = timm.create_model(name, **kwargs)
+        model = build()
     norms = (torch.nn.modules.batchnorm._BatchNorm,)
     own_buffers = [b for m in model.modules() if not isinstance(m, norms) for b in m.buffers(recurse=False)]
-    model = timm.create_model(name, **kwargs) if own_buffers else model.to_empty(device="cpu")
+    model = build() if own_buffers else model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():
@@ -172,6 +185,10 @@ def stage_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, 
         module, _ = from_torch(model)
         ends = np.cumsum([len(s) for s in module.config.stages])
         layers = [model.features[0]] + [model.features[e] for e in ends]
+    elif isinstance(model, tv.EfficientNet):  # features: stem, one Sequential per stage, head
+        layers = list(model.features)[:-1]
+    elif isinstance(model, tv.MNASNet):  # layers: stem conv, BN, act; the separable conv (3-7); six stacks
+        layers = [model.layers[i] for i in (2, 7, *range(8, 14))]
     elif isinstance(model, torch_ref.MobileNetV1):
         layers = [model.act, *model.blocks]
     else:

@@ -55,6 +55,9 @@ FAMILIES = {
     "torch_ref DSConv": lambda: torch_ref.DSConv(8, 16),
     "torchvision mobilenet_v2": lambda: tv.mobilenet_v2(width_mult=0.5, num_classes=10),
     "torchvision mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=10),
+    "torchvision efficientnet_b0": lambda: tv.efficientnet_b0(num_classes=10, stochastic_depth_prob=0.0),
+    "torchvision efficientnet_v2_s": lambda: tv.efficientnet_v2_s(num_classes=10, stochastic_depth_prob=0.0),
+    "torchvision mnasnet0_5": lambda: tv.mnasnet0_5(num_classes=10),
     "timm mobilenetv1_100": lambda: timm.create_model("mobilenetv1_100", num_classes=10),
     "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
     "timm mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100", num_classes=10),
@@ -102,6 +105,43 @@ EDITS = {
         "conv setting": (_stride("features.4.block.3.0"), "features.4.block.3.0"),
         "extra module": (_set("features.2.extra", nn.Dropout(0.5)), "features.2.extra"),
         "head": (_set("classifier.0", nn.Identity()), "classifier.0"),
+    },
+    # MBConv: features.1.0 without expansion (depthwise, SE, projection), features.2.1 with it and a residual.
+    "torchvision efficientnet_b0": {
+        "activation": (_set("features.1.0.block.0.2", nn.GELU()), "features.1.0.block.0.2"),
+        "projection activation": (_set("features.2.1.block.3.2", nn.SiLU()), "features.2.1.block.3.2"),
+        "supported activation": (_set("features.2.1.block.2.scale_activation", nn.Hardsigmoid()), None),
+        "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
+        "squeeze-excite pooling": (
+            _set("features.2.1.block.2.avgpool", nn.AdaptiveMaxPool2d(1)),
+            "features.2.1.block.2.avgpool",
+        ),
+        "norm": (_group_norm("features.2.1.block.1.1"), "features.2.1.block.1.1"),
+        "conv setting": (_stride("features.2.1.block.3.0"), "features.2.1.block.3.0"),
+        "extra module": (_set("features.3.extra", nn.Hardswish()), "features.3.extra"),
+        "stochastic depth": (
+            _set("features.2.1.stochastic_depth", torchvision.ops.StochasticDepth(0.2, "row")),
+            "features.2.1.stochastic_depth",
+        ),
+        "head": (_set("classifier", nn.Linear(1280, 10)), "classifier"),
+    },
+    # FusedMBConv: features.1.1 one conv with a residual, features.2.1 expansion + projection with a residual.
+    "torchvision efficientnet_v2_s": {
+        "activation": (_set("features.2.1.block.1.2", nn.ReLU()), "features.2.1.block.1.2"),
+        "unsupported activation": (_set("features.1.1.block.0.2", nn.GELU()), "features.1.1.block.0.2"),
+        "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
+        "norm": (_group_norm("features.2.1.block.0.1"), "features.2.1.block.0.1"),
+        "conv setting": (_stride("features.2.1.block.1.0"), "features.2.1.block.1.0"),
+        "extra module": (_set("features.1.0.extra", nn.ReLU()), "features.1.0.extra"),
+    },
+    # MNASNet pools with x.mean(), no module: no pooling edit.
+    "torchvision mnasnet0_5": {
+        "activation": (_set("layers.9.1.layers.5", nn.ReLU6()), "layers.9.1.layers.5"),
+        "stem activation": (_set("layers.2", nn.SiLU()), None),  # any supported one: converts
+        "norm": (_group_norm("layers.4"), "layers.4"),
+        "conv setting": (_stride("layers.6"), "layers.6"),
+        "extra module": (_set("layers.10.0.extra", nn.ReLU()), "layers.10.0.extra"),
+        "head": (_set("classifier.1", nn.Identity()), "classifier.1"),
     },
     "timm mobilenetv1_100": {
         "activation": (_set("blocks.1.0.bn2.act", nn.SiLU()), "blocks.1.0.bn2.act"),

@@ -3,6 +3,8 @@ reproduces the Flax module's outputs there (checked before anything is returned)
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +97,11 @@ def to_torch_state_dict(
 
     The torch target is ``model`` (the module to load into), or, as for :func:`from_torch`'s state_dict path,
     ``source`` (``'torch_ref'``, ``'timm'``, ``'torchvision'``), ``arch`` and the torch constructor's
-    arguments as keywords. Defaults are read off ``module``: torchvision's arch, ``width_mult`` and
-    ``dilated``; torch_ref's arch (``'dsconv'`` for a :func:`seed_dsconv`-shaped block) and arguments; every
-    ``num_classes``. timm needs ``arch`` (or ``model``).
+    arguments as keywords. Defaults are read off ``module``: torchvision's arch, ``width_mult`` and ``dilated``
+    (an EfficientNet's or MNASNet's arch by its stem width and block count, and its ``dropout``); torch_ref's
+    arch (``'dsconv'`` for a :func:`seed_dsconv`-shaped block) and arguments; every ``num_classes``. timm needs
+    ``arch`` (or ``model``). The state_dict carries the target's module versions (``_metadata``), as torch's own
+    do.
 
     Checked before anything is returned: the target computes what ``module`` computes (activations, strides,
     dilation, padding, BatchNorm epsilon, blocks; not dropout, BatchNorm momentum, dtype, implementation), and
@@ -130,10 +134,15 @@ def to_torch_state_dict(
             raise ConversionError(f"{collection} do not fit {what}: " + listed(problems, 20))
     entries = plan(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables), described.name_map)
     kept = tuple(LEAF_NAMES[(c, leaf)] for c, leaf in LEAF_NAMES if c in variables)
-    target_keys = {k: v for k, v in target.state_dict().items() if k.rsplit(".", 1)[-1] in kept}
+    target_state = target.state_dict()
+    target_keys = {k: v for k, v in target_state.items() if k.rsplit(".", 1)[-1] in kept}
     check_keys(entries, target_keys, what)
     flat = traverse_util.flatten_dict(variables)
-    out: dict[str, torch.Tensor] = {}
+    out: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+    # torch's own state_dicts carry each module's version (``_metadata``), which torchvision's MNASNet requires
+    # to load one; the exported keys are the target's, so are its versions.
+    if hasattr(target_state, "_metadata"):
+        out._metadata = copy.deepcopy(target_state._metadata)  # type: ignore[attr-defined]
     for e in entries:
         value = flat[e.flax_key]  # float64 (x64) stays float64; every other float type becomes float32
         arr = np.asarray(value, dtype=np.float64 if value.dtype == np.float64 else np.float32)

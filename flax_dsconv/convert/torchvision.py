@@ -1,4 +1,5 @@
-"""The reader of torchvision's MobileNetV2 and MobileNetV3: ``features.{i}`` blocks, Sequential positions inside."""
+"""The reader of torchvision's MobileNetV2 and MobileNetV3: ``features.{i}`` blocks, Sequential positions inside.
+EfficientNet and MNASNet are read by :mod:`~flax_dsconv.convert.torchvision_efficientnet`, dispatched by class."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from flax import linen as nn
 
+from flax_dsconv.convert import torchvision_efficientnet as efficientnet
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import NameMap, StateDict, Variables
 from flax_dsconv.convert.protocol import Described, register_reader
@@ -18,7 +20,7 @@ from flax_dsconv.models.mobilenet_v3 import V3_LARGE, V3_SMALL
 from flax_dsconv.nn import BlockConfig, ConvBNActConfig, DepthwiseSeparableConv, InvertedResidualConfig, SeparableConfig
 from flax_dsconv.ops.activations import Activation
 
-ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", *efficientnet.ARCHS)
 
 # torchvision MobileNetV2 block internals: Sequential positions of each Flax sub-module.
 _TV_V2_DS = {"conv_dw": "0.0", "bn1": "0.1", "conv_pw": "1", "bn2": "2"}
@@ -147,7 +149,8 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     v3 = type(model).__name__ == "MobileNetV3"
     if type(model).__name__ not in ("MobileNetV2", "MobileNetV3"):
-        raise ConversionError(f"unsupported torchvision model class {type(model).__name__}")
+        raise ConversionError(f"unsupported torchvision model class {type(model).__name__}; expected "
+                              f"MobileNetV2, MobileNetV3, {', '.join(efficientnet.CLASSES)}")  # fmt: skip
     feats = list(model.features)
     stem, stem_act = _cna(r, feats[0], "features.0")
     flat = [_block(r, blk, f"features.{idx}", v3) for idx, blk in enumerate(feats[1:-1], start=1)]
@@ -200,7 +203,6 @@ def _group_stages(blocks: list[BlockConfig], sizes: tuple[int, ...] | None) -> t
     return tuple(tuple(s) for s in stages)
 
 
-
 def _channels(config: MobileNetConfig) -> tuple[Any, ...]:
     return (config.stem_channels, config.head_channels,
             *((b.out_channels, getattr(b, "expand_channels", 0), getattr(b, "se_channels", 0))
@@ -225,6 +227,11 @@ class TorchvisionReader:
     source = "torchvision"
 
     def describe(self, model: Any) -> Described:
+        if type(model).__name__ in efficientnet.CLASSES:
+            config, claimed = efficientnet.config(model)
+            names = efficientnet.names(config, mnasnet=type(model).__name__ == "MNASNet")
+            arch = efficientnet.find_arch(config) or type(model).__name__
+            return Described(arch, self.source, MobileNet(config), config.in_channels, names, claimed)
         config, claimed = _config(model)
         v3 = type(model).__name__ == "MobileNetV3"
         arch = "mobilenet_v2" if not v3 else "mobilenet_v3_large" if len(model.features) > 14 else "mobilenet_v3_small"
@@ -235,6 +242,8 @@ class TorchvisionReader:
 
         if arch not in ARCHS:
             raise ConversionError(f"torchvision arch must be one of {ARCHS}, got {arch!r}")
+        if arch in efficientnet.ARCHS:
+            return efficientnet.skeleton(arch, config)
         # torchvision's MobileNetV3 swallows unknown keywords (a misspelt dilated= would be ignored): check them.
         from torchvision.models import mobilenetv2, mobilenetv3
 
@@ -256,6 +265,9 @@ class TorchvisionReader:
         assert isinstance(module, MobileNet)
         c = module.config
         base: dict[str, Any] = {"num_classes": c.num_classes}
+        arch = arch or efficientnet.find_arch(c)
+        if arch in efficientnet.ARCHS:
+            return arch, {**base, "dropout": c.dropout}
         if arch is None:  # torchvision's V3 small has 11 bottlenecks and a conv, large 15 and a conv
             v3 = "mobilenet_v3_large" if len(c.blocks) > 12 else "mobilenet_v3_small"
             arch = "mobilenet_v2" if c.head == "pre_pool" else v3
