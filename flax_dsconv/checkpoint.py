@@ -259,7 +259,9 @@ def _build_module(info: dict[str, Any], path: Path) -> nn.Module:
     try:
         if name == "MobileNet":
             return MobileNet(MobileNetConfig.from_dict(config), **run)
-        return DepthwiseSeparableConv(**{**config, "norm": BatchNormConfig(**config.get("norm", {}))}, **run)
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}  # JSON lists
+        values["norm"] = BatchNormConfig(**config.get("norm", {}))
+        return DepthwiseSeparableConv(**values, **run)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ValueError(f"{path}: the config does not describe a {name}: {type(e).__name__}: {e}") from e
 

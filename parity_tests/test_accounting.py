@@ -27,7 +27,7 @@ def _set(path: str, value: nn.Module):
     def edit(model: nn.Module) -> None:
         *parents, last = path.split(".")
         owner = model.get_submodule(".".join(parents)) if parents else model
-        if last.isdigit() and int(last) < len(owner):
+        if last.isdigit() and isinstance(owner, (nn.Sequential, nn.ModuleList)) and int(last) < len(owner):
             owner[int(last)] = value
         else:
             owner.add_module(last, value)
@@ -49,6 +49,17 @@ def _group_norm(path: str):
     return edit
 
 
+def _set_attribute(path: str, name: str, value):
+    def edit(model: nn.Module) -> None:
+        setattr(model.get_submodule(path), name, value)
+
+    return edit
+
+
+# mixnet_s's blocks.2.0 depthwise group 2 (7x7, stride 2) as a 9x9.
+MIXNET_K9 = nn.Conv2d(48, 48, 9, 2, 4, groups=48, bias=False)
+MIXNET_K5_PAD1 = nn.Conv2d(48, 48, 5, 2, 1, groups=48, bias=False)  # its group 1, padded 1 instead of 2
+
 FAMILIES = {
     "torch_ref MobileNetV1": lambda: torch_ref.MobileNetV1(0.25, num_classes=10),
     "torch_ref DepthwiseSeparableConv": lambda: torch_ref.DepthwiseSeparableConv(8, 16),
@@ -63,6 +74,7 @@ FAMILIES = {
     "timm mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100", num_classes=10),
     "timm mobilenet_edgetpu_v2_xs": lambda: timm.create_model("mobilenet_edgetpu_v2_xs", num_classes=10),
     "timm mobilenetv4_conv_small": lambda: timm.create_model("mobilenetv4_conv_small", num_classes=10),
+    "timm mixnet_s": lambda: timm.create_model("mixnet_s", num_classes=10),
 }
 
 # family -> kind -> (edit, the path the error must name)
@@ -199,6 +211,20 @@ EDITS = {
         "head": (_group_norm("norm_head"), "norm_head"),
         "head activation": (_set("act2", nn.ReLU()), "act2"),  # a second one, after norm_head's
     },
+    # MixedConv2d: blocks.1.0 with 1x1 expansion and projection in 2 groups, blocks.2.0 depthwise 3/5/7 at stride 2,
+    # blocks.2.1 depthwise 3/5.
+    "timm mixnet_s": {
+        "activation": (_set("blocks.2.0.bn2.act", nn.ReLU()), "blocks.2.0"),  # bn1 has the block's SiLU
+        "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
+        "norm": (_group_norm("blocks.2.0.bn1"), "blocks.2.0.bn1"),
+        "conv setting": (_stride("blocks.1.0.conv_pw.1"), "blocks.1.0.conv_pw.1"),
+        "split stride": (_stride("blocks.2.1.conv_dw.0"), "blocks.2.1.conv_dw"),  # the other group's is 1
+        "split kernel": (_set("blocks.2.0.conv_dw.2", MIXNET_K9), None),  # kernels 3/5/9: converts (test below)
+        "split padding": (_set("blocks.2.0.conv_dw.1", MIXNET_K5_PAD1), "blocks.2.0.conv_dw.1"),
+        "channel split": (_set_attribute("blocks.2.0.conv_dw", "splits", [50, 47, 47]), "blocks.2.0.conv_dw"),
+        "extra module": (_set("blocks.2.0.conv_dw.3", nn.ReLU()), "blocks.2.0.conv_dw.3"),  # a fourth group
+        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), "blocks.2.1.drop_path"),
+    },
 }
 
 CASES = [(family, kind) for family, edits in EDITS.items() for kind in edits]
@@ -249,3 +275,18 @@ def test_a_converted_edit_computes_what_the_edited_torch_model_computes():
         exact = {"logits": copy.deepcopy(model).double()(x.double()).numpy()}
     got = {"logits": np.asarray(jax.jit(module.apply)(variables, to_nhwc(x)))}
     assert_as_close_as_torch("output", got, torch32, exact, "timm mobilenetv3_small_100 with a sigmoid SE gate")
+
+
+def test_a_changed_mixed_conv_kernel_becomes_that_groups_kernel():
+    """The edit above converts: the group's new 9x9 kernel is the Flax group's (test_blocks.py holds mixed convs of
+    any kernel sizes to torch)."""
+    import numpy as np
+
+    model = timm.create_model("mixnet_s", num_classes=10)
+    _set("blocks.2.0.conv_dw.2", copy.deepcopy(MIXNET_K9))(model)
+    module, variables = from_torch(model)
+    block = module.config.stages[2][0]
+    assert (block.kernel_sizes, block.kernel_size) == ((3, 5, 9), 9)
+    kernel = variables["params"]["blocks_2_0"]["conv_dw"]["2"]["kernel"]
+    weight = model.blocks[2][0].conv_dw["2"].weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(kernel), weight.transpose(2, 3, 1, 0))

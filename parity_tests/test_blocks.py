@@ -1,5 +1,5 @@
-"""Block families against timm's own blocks: the edge residual (fused MBConv) alone, forward and both gradients,
-and the timm models built of it, converted whole."""
+"""Block families against timm's own blocks: the edge residual (fused MBConv) and MixNet's mixed-conv inverted
+residual alone, forward and both gradients, and the timm models built of them, converted whole."""
 
 from __future__ import annotations
 
@@ -15,12 +15,21 @@ import torch
 from conftest import assert_as_close_as_torch, channels_last, randomize_batchnorm, to_nchw, to_nhwc
 from flax import traverse_util
 from kinks import nudge_off_kinks
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv as TimmSeparable
 from timm.models._efficientnet_blocks import EdgeResidual as TimmEdgeResidual
+from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
 from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
 
 from flax_dsconv import from_torch, to_torch_state_dict
 from flax_dsconv.convert.plan import TO_FLAX, TO_TORCH, check_keys, dotted, plan
-from flax_dsconv.nn import EdgeResidual
+from flax_dsconv.nn import (
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    InvertedResidual,
+    InvertedResidualConfig,
+    SeparableConfig,
+    split_channels,
+)
 from flax_dsconv.shapes import abstract_variables
 
 ACTS = {"relu": torch.nn.ReLU, "silu": torch.nn.SiLU}
@@ -64,31 +73,22 @@ def _flax_block(case: dict, blk: torch.nn.Module) -> EdgeResidual:
     )
 
 
-def _variables(module: EdgeResidual, blk: torch.nn.Module) -> tuple[dict, list]:
+def _variables(module, blk: torch.nn.Module, in_channels: int) -> tuple[dict, list]:
     """The torch block's weights as the Flax block's variables, by the converter's key plan and layout rules."""
-    entries = plan(abstract_variables(module, IN_CHANNELS), dotted)
+    entries = plan(abstract_variables(module, in_channels), dotted)
     state = blk.state_dict()
-    check_keys(entries, state, "the timm EdgeResidual")
+    check_keys(entries, state, f"the timm {type(blk).__name__}")
     flat = {e.flax_key: jnp.asarray(TO_FLAX[e.layout](state[e.torch_key].numpy())) for e in entries}
     return traverse_util.unflatten_dict(flat), entries
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("name", list(EDGE_CASES))
-def test_edge_residual_matches_timm_forward_and_both_gradients(name, train):
-    case = EDGE_CASES[name]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, IN_CHANNELS, 16, 16, generator=g)
-    blk = _timm_block(case)
-    assert blk.has_skip == case["skip"]
-    assert (blk.conv_exp.groups > 1) == ("group_size" in case)
-    blk = randomize_batchnorm(blk, x).train(train)
-    nudge_off_kinks(blk, x, train=train)  # no ReLU input within fp32 rounding of 0 (kinks.py)
-    module = _flax_block(case, blk)
-    variables, entries = _variables(module, blk)  # before a train-mode torch pass moves the running statistics
-    size = 16 // case.get("stride", 1)
-    cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
-
+def _assert_block_matches_timm(
+    module, blk: torch.nn.Module, in_channels: int, x: torch.Tensor, cotangent: torch.Tensor, train: bool, label: str
+) -> None:
+    """The Flax ``module`` with ``blk``'s weights against ``blk``: output, input and parameter gradients (and in
+    train mode the updated BatchNorm statistics) by the float64-referenced rule, both torch memory formats setting
+    the bound."""
+    variables, entries = _variables(module, blk, in_channels)  # before a train-mode pass moves the statistics
     runs = {"exact": copy.deepcopy(blk).double(), "nchw": copy.deepcopy(blk), "nhwc": channels_last(blk)}
     outputs, grads, stats = {}, {}, {}
     for run, m in runs.items():
@@ -114,7 +114,7 @@ def test_edge_residual_matches_timm_forward_and_both_gradients(name, train):
     out, new_stats, g_params, g_x = forward_and_vjp(variables["params"], to_nhwc(x), to_nhwc(cotangent))
     flat = traverse_util.flatten_dict({"params": g_params, "batch_stats": new_stats})
     by_torch_name = {e.torch_key: np.asarray(TO_TORCH[e.layout](np.asarray(flat[e.flax_key]))) for e in entries}
-    label = f"EdgeResidual {name} {'train' if train else 'eval'}"
+    label = f"{label} {'train' if train else 'eval'}"
     torch32 = [outputs["nchw"], outputs["nhwc"]]
     print(assert_as_close_as_torch("output", {"output": to_nchw(out)}, torch32, outputs["exact"], label))
     flax_grads = {"input": to_nchw(g_x), **{k: by_torch_name[k] for k in grads["exact"] if k != "input"}}
@@ -124,6 +124,113 @@ def test_edge_residual_matches_timm_forward_and_both_gradients(name, train):
         flax_stats = {k: by_torch_name[k] for k in stats["exact"]}
         torch32 = [stats["nchw"], stats["nhwc"]]
         assert_as_close_as_torch("statistics", flax_stats, torch32, stats["exact"], label + " BatchNorm statistics")
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_residual_matches_timm_forward_and_both_gradients(name, train):
+    case = EDGE_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 16, 16, generator=g)
+    blk = _timm_block(case)
+    assert blk.has_skip == case["skip"]
+    assert (blk.conv_exp.groups > 1) == ("group_size" in case)
+    blk = randomize_batchnorm(blk, x).train(train)
+    nudge_off_kinks(blk, x, train=train)  # no ReLU input within fp32 rounding of 0 (kinks.py)
+    size = 16 // case.get("stride", 1)
+    cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
+    _assert_block_matches_timm(_flax_block(case, blk), blk, IN_CHANNELS, x, cotangent, train, f"EdgeResidual {name}")
+
+
+# timm InvertedResidual arguments with MixedConv2d convs (lists of kernel sizes), plus the activation's name and
+# whether the block adds its input, on 16 channels; widths chosen so that some splits are uneven.
+MIXED_CASES = {
+    # 40 expanded channels in 3 depthwise groups (14, 13, 13); SE; stride 2.
+    "k357_stride2_se": dict(out_chs=24, dw_kernel_size=[3, 5, 7], stride=2, exp_ratio=2.5, act="silu", se=True,
+                            skip=False),
+    # 1x1 expansion in 3 groups (16 in: 6, 5, 5; 48 out) and projection in 2; dilated; residual.
+    "pw_splits_dilated_skip": dict(out_chs=16, dw_kernel_size=[3, 5], dilation=2, exp_kernel_size=[1, 1, 1],
+                                   pw_kernel_size=[1, 1], exp_ratio=3.0, act="relu", skip=True),
+    # TF 'SAME' per kernel size on an even input at stride 2 (asymmetric), four groups.
+    "same_stride2": dict(out_chs=24, dw_kernel_size=[3, 5, 7, 9], stride=2, pad_type="same", exp_ratio=2.0,
+                         act="silu", skip=False),
+}  # fmt: skip
+
+
+def _timm_mixed_block(case: dict) -> torch.nn.Module:
+    args = {k: v for k, v in case.items() if k not in ("act", "se", "skip")}
+    se_layer = functools.partial(TimmSqueezeExcite, rd_ratio=0.25) if case.get("se") else None
+    return TimmInvertedResidual(IN_CHANNELS, act_layer=ACTS[case["act"]], se_layer=se_layer, **args)
+
+
+def _split_count(size) -> int:
+    return len(size) if isinstance(size, list) else 1
+
+
+@pytest.mark.parametrize("depthwise", ["xla", "shifted"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(MIXED_CASES))
+def test_mixed_conv_inverted_residual_matches_timm_forward_and_both_gradients(name, train, depthwise):
+    case = MIXED_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 10, 10, generator=g)
+    blk = _timm_mixed_block(case)
+    assert blk.has_skip == case["skip"]
+    assert type(blk.conv_dw).__name__ == "MixedConv2d"
+    blk = randomize_batchnorm(blk, x).train(train)
+    nudge_off_kinks(blk, x, train=train)
+    module = InvertedResidual(
+        case["out_chs"],
+        blk.conv_pw.out_channels,
+        kernel_size=max(case["dw_kernel_size"]),
+        kernel_sizes=tuple(case["dw_kernel_size"]),
+        expand_splits=_split_count(case.get("exp_kernel_size", 1)),
+        project_splits=_split_count(case.get("pw_kernel_size", 1)),
+        strides=case.get("stride", 1),
+        dilation=case.get("dilation", 1),
+        padding="SAME" if case.get("pad_type") == "same" else "torch",
+        act=case["act"],
+        se_channels=blk.se.conv_reduce.out_channels if case.get("se") else 0,
+        se_act=case["act"],
+        se_gate="sigmoid",
+        skip=case["skip"],
+        depthwise=depthwise,
+    )
+    size = 10 // case.get("stride", 1)
+    cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, train, f"mixed InvertedResidual {name} "
+                               f"({depthwise})")  # fmt: skip
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_mixed_conv_separable_block_matches_timm_forward_and_both_gradients(train):
+    """timm's DepthwiseSeparableConv with a mixed depthwise conv (3/5/7 over 16 channels: 6, 5, 5) and a 1x1
+    projection in 2 groups (to 24: 12, 12), at stride 2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 10, 10, generator=g)
+    blk = TimmSeparable(IN_CHANNELS, 24, dw_kernel_size=[3, 5, 7], stride=2, pw_kernel_size=[1, 1],
+                        act_layer=torch.nn.SiLU)  # fmt: skip
+    blk = randomize_batchnorm(blk, x).train(train)
+    module = DepthwiseSeparableConv(24, kernel_size=7, kernel_sizes=(3, 5, 7), strides=2, project_splits=2,
+                                    act="silu", pw_act=False, depthwise="xla")  # fmt: skip
+    cotangent = torch.randn((2, 24, 5, 5), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, train, "mixed DepthwiseSeparableConv")
+
+
+def test_mixed_convs_split_channels_as_timm_does():
+    from timm.layers.mixed_conv2d import _split_channels
+
+    for channels, splits in [(40, 3), (16, 3), (200, 5), (7, 7), (9, 2)]:
+        assert split_channels(channels, splits) == tuple(_split_channels(channels, splits))
+    with pytest.raises(ValueError, match=r"cannot split 4 channels into 5 groups"):
+        split_channels(4, 5)
+
+
+def test_a_mixed_config_refuses_a_kernel_size_that_is_not_its_largest():
+    with pytest.raises(ValueError, match=r"kernel_size=3 with kernel_sizes=\(3, 5\); expected kernel_size = 5"):
+        InvertedResidualConfig(out_channels=8, expand_channels=16, kernel_sizes=(3, 5))
+    with pytest.raises(ValueError, match=r"project_splits must be a positive int, got 0"):
+        SeparableConfig(out_channels=8, project_splits=0)
 
 
 def test_edge_residual_refuses_input_channels_that_do_not_split_into_its_groups():
@@ -146,6 +253,24 @@ def test_edge_residual_model_round_trips_bit_exact_through_a_state_dict_and_its_
     model = randomize_batchnorm(timm.create_model(name, num_classes=10), (2, 3, 64, 64))
     module, variables = from_torch(model)
     exported = to_torch_state_dict(module, variables, source="timm", arch=name, num_classes=10)
+    target = timm.create_model(name, num_classes=10)
+    target.load_state_dict(exported, strict=True)
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(target.state_dict()[key], value), key
+    module_sd, variables_sd = from_torch(exported, source="timm", arch=name, num_classes=10)
+    assert module_sd.config == module.config
+    jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
+
+
+def test_mixnet_round_trips_bit_exact_through_a_state_dict_and_its_arch_name():
+    name = "mixnet_s"  # mixed depthwise convs (3 to 11) and mixed 1x1 expansions and projections
+    model = randomize_batchnorm(timm.create_model(name, num_classes=10), (2, 3, 32, 32))
+    module, variables = from_torch(model)
+    assert {len(b.kernel_sizes) for b in module.config.blocks} == {0, 2, 3, 4, 5}
+    assert {(b.expand_splits, b.project_splits) for b in module.config.blocks[1:]} >= {(1, 1), (2, 2), (1, 2)}
+    exported = to_torch_state_dict(module, variables, source="timm", arch=name, num_classes=10)
+    assert exported.keys() == model.state_dict().keys()
     target = timm.create_model(name, num_classes=10)
     target.load_state_dict(exported, strict=True)
     for key, value in model.state_dict().items():

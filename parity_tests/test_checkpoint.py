@@ -16,7 +16,8 @@ from flax import serialization
 
 import flax_dsconv
 from flax_dsconv.checkpoint import load_opt_state
-from flax_dsconv.nn import block_to_dict
+from flax_dsconv.models import MobileNetConfig
+from flax_dsconv.nn import InvertedResidualConfig, SeparableConfig, block_to_dict
 
 # Before each block kind had its own config type (flax_dsconv 0.1's first saves), every block carried every
 # kind's fields; these are the ones a block of another kind had at their defaults.
@@ -35,6 +36,34 @@ def test_load_reads_saves_written_before_block_configs_had_types(tmp_path):
     assert loaded.config == model.config
     assert {type(b).__name__ for b in loaded.config.blocks} == {"SeparableConfig", "InvertedResidualConfig",
                                                                  "ConvBNActConfig"}  # fmt: skip
+    jax.tree.map(np.testing.assert_array_equal, loaded_variables, variables)
+
+
+def _mixnet_like() -> flax_dsconv.MobileNet:
+    mixed = (
+        (SeparableConfig(out_channels=16, kernel_size=5, kernel_sizes=(3, 5), project_splits=2),),
+        (InvertedResidualConfig(out_channels=24, expand_channels=40, kernel_size=7, kernel_sizes=(3, 5, 7), stride=2,
+                                expand_splits=2, project_splits=2, act="silu", se_channels=4, se_gate="sigmoid"),
+         InvertedResidualConfig(out_channels=24, expand_channels=48, skip=True)),
+    )  # fmt: skip
+    return flax_dsconv.MobileNet(MobileNetConfig(stages=mixed, stem_channels=16, num_classes=10))
+
+
+@pytest.mark.parametrize("kind", ["MobileNet", "DepthwiseSeparableConv"])
+def test_a_mixed_conv_config_round_trips_through_save_and_load(tmp_path, kind):
+    if kind == "MobileNet":
+        model, x = _mixnet_like(), jnp.ones((1, 32, 32, 3))
+    else:
+        model = flax_dsconv.DepthwiseSeparableConv(24, kernel_size=7, kernel_sizes=(3, 5, 7))
+        x = jnp.ones((1, 8, 8, 18))
+    variables = random_variables(model, x)
+    flax_dsconv.save(tmp_path, model, variables)
+    loaded, loaded_variables = flax_dsconv.load(tmp_path)
+    if kind == "MobileNet":
+        assert loaded.config == model.config
+        assert loaded.config.stages[1][0].kernel_sizes == (3, 5, 7)  # a tuple again, not JSON's list
+    else:
+        assert loaded == model
     jax.tree.map(np.testing.assert_array_equal, loaded_variables, variables)
 
 

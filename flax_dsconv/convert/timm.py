@@ -22,6 +22,7 @@ from flax_dsconv.nn import (
     InvertedResidualConfig,
     SeparableConfig,
     UniversalInvertedResidualConfig,
+    split_channels,
 )
 from flax_dsconv.ops.activations import Activation
 
@@ -40,6 +41,9 @@ PREFIXES = (
     # MobileNetV4's conv models (universal inverted residuals, a norm after pooling); its anti-aliased (conv_aa,
     # conv_blur) and hybrid models are read and refused at the module they need (AvgPool/BlurPool, attention).
     "mobilenetv4_",
+    # MixNet: inverted residuals whose depthwise and 1x1 convs are timm's MixedConv2d.
+    "mixnet_",
+    "tf_mixnet_",
 )
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
@@ -58,6 +62,34 @@ def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
     r.conv(se.conv_expand, f"{where}.se.conv_expand", kernel=1, stride=1)
     return dict(se_channels=reduce["out"], se_act=r.act(se.act1, f"{where}.se.act1"),
                 se_gate=r.act(se.gate, f"{where}.se.gate"))  # fmt: skip
+
+
+def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False
+          ) -> dict[str, Any]:  # fmt: skip
+    """A block's depthwise (``depthwise``) or 1x1 (``pointwise``) conv: a plain conv (:meth:`TorchReader.conv`'s
+    settings, with ``ks=()`` and ``splits=1``), or timm's ``MixedConv2d`` (MixNet), whose groups ``0``, ``1``...
+    must split the channels as :func:`~flax_dsconv.nn.split_channels` does and share stride and dilation; then
+    ``ks`` holds each group's kernel size, ``splits`` their number and ``k`` the largest."""
+    checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise)
+    if type(conv).__name__ != "MixedConv2d":
+        return {**r.conv(conv, where, **checks), "ks": (), "splits": 1}
+    r.claim(conv, where)
+    names = list(conv.keys())
+    if names != [str(i) for i in range(len(names))] or len(names) < 2:
+        raise ConversionError(f"{where}: MixedConv2d groups {names}; expected '0', '1'... (two or more)")
+    parts = [r.conv(conv[n], f"{where}.{n}", **checks) for n in names]
+    ins = tuple(conv[n].in_channels for n in names)
+    outs = tuple(p["out"] for p in parts)
+    want_in, want_out = split_channels(sum(ins), len(names)), split_channels(sum(outs), len(names))
+    if ins != want_in or outs != want_out or tuple(conv.splits) != ins:
+        raise ConversionError(f"{where}: MixedConv2d splits input {tuple(conv.splits)} over groups of {ins} in, "
+                              f"{outs} out channels; expected {want_in} in, {want_out} out (equal, the remainder "
+                              "to the first)")  # fmt: skip
+    for key, what in (("s", "stride"), ("d", "dilation"), ("bias", "bias")):
+        if len({p[key] for p in parts}) > 1:
+            raise ConversionError(f"{where}: MixedConv2d groups differ in {what}: {[p[key] for p in parts]}")
+    ks = tuple(p["k"] for p in parts)
+    return {**parts[0], "out": sum(outs), "k": max(ks), "ks": () if pointwise else ks, "splits": len(parts)}
 
 
 def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[str, Any], Activation]:
@@ -133,29 +165,31 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                               "depthwise conv) is not supported")  # fmt: skip
     r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
     if name == "DepthwiseSeparableConv":
-        dw = r.conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
         se = _se(r, blk, where)
-        pw = r.conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+        pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         pw_act = r.bn(blk.bn2, f"{where}.bn2")
         if pw_act not in ("identity", act):
             raise ConversionError(f"{where}.bn2.act: pointwise activation {pw_act} differs from {act}")
         return SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
-                               act=act, pw_act=pw_act != "identity", skip=blk.has_skip, **se)  # fmt: skip
+                               act=act, pw_act=pw_act != "identity", skip=blk.has_skip, kernel_sizes=dw["ks"],
+                               project_splits=pw["splits"], **se)  # fmt: skip
     if name == "InvertedResidual":
-        pw = r.conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+        pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
-        dw = r.conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
         dw_act = r.bn(blk.bn2, f"{where}.bn2")
         se = _se(r, blk, where)
-        pwl = r.conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
+        pwl = _conv(r, blk.conv_pwl, f"{where}.conv_pwl", pointwise=True)
         pwl_act = r.bn(blk.bn3, f"{where}.bn3")
         if (dw_act, pwl_act) != (act, "identity"):
             raise ConversionError(f"{where}: activations {act}, {dw_act}, {pwl_act} after bn1, bn2, bn3; "
                                   f"expected {act} after the expansion and depthwise convs, none after the "
                                   "projection")  # fmt: skip
         return InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
-                                      expand_channels=pw["out"], act=act, skip=blk.has_skip, **se)  # fmt: skip
+                                      expand_channels=pw["out"], act=act, skip=blk.has_skip, kernel_sizes=dw["ks"],
+                                      expand_splits=pw["splits"], project_splits=pwl["splits"], **se)  # fmt: skip
     if name == "EdgeResidual":
         # timm's force_in_chs (EdgeTPU's first block) changes only the expansion width and noskip only has_skip,
         # both read off the module. A pw_kernel_size other than 1 (no timm model has one) fails the 1x1 check.

@@ -27,9 +27,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),
     "GlobalContext attention in place of squeeze-excite": ("gc_efficientnetv2_rw_t",),
-    "MixedConv2d (MixNet: channel groups with different kernel sizes)": (
-        "mixnet_l", "mixnet_m", "mixnet_s", "mixnet_xl", "mixnet_xxl", "tf_mixnet_l", "tf_mixnet_m", "tf_mixnet_s",
-    ),
     "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
         "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
         "mobilenetv4_hybrid_medium_075",

@@ -1,11 +1,20 @@
 """Linen modules on :mod:`flax_dsconv.ops`: layers, and one file per block family with its config.
 
 Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``; the universal
-inverted residual's ``dw_start``, ``pw_exp``, ``dw_mid``, ``pw_proj``, ``dw_end``, each holding ``conv`` and ``bn``)
+inverted residual's ``dw_start``, ``pw_exp``, ``dw_mid``, ``pw_proj``, ``dw_end``, each holding ``conv`` and ``bn``;
+MixNet's mixed convs hold their channel groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does)
 mirror timm's attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
 """
 
-from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv, conv_kernel_init, full_conv
+from flax_dsconv.nn.conv import (
+    DepthwiseConv,
+    MixedDepthwiseConv,
+    MixedPointwiseConv,
+    PointwiseConv,
+    conv_kernel_init,
+    full_conv,
+    split_channels,
+)
 from flax_dsconv.nn.conv_bn_act import ConvBNAct, ConvBNActConfig
 from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
@@ -30,6 +39,8 @@ __all__ = [
     "InvertedResidual",
     "InvertedResidualConfig",
     "LayerScale",
+    "MixedDepthwiseConv",
+    "MixedPointwiseConv",
     "PointwiseConv",
     "SeparableConfig",
     "SqueezeExcite",
@@ -42,4 +53,5 @@ __all__ = [
     "full_conv",
     "seed_dsconv",
     "separable_in_channels",
+    "split_channels",
 ]

@@ -11,11 +11,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from flax_dsconv.nn.common import bound_kernel_shape, check_nhwc, where
-from flax_dsconv.ops.depthwise import depthwise
+from flax_dsconv.ops.depthwise import depthwise, pad_for_depthwise
 from flax_dsconv.ops.padding import PaddingLike, as_pair, check_window_fits, past_reach, resolve_padding, window_axes
 from flax_dsconv.ops.pointwise import pointwise
 from flax_dsconv.ops.sharding import vary_like
@@ -116,6 +117,99 @@ class PointwiseConv(nn.Module):
         y = pointwise(x, kernel[0, 0], self.precision)
         return y if bias is None else y + bias
 
+
+def split_channels(channels: int, splits: int) -> tuple[int, ...]:
+    """``channels`` in ``splits`` groups as MixNet splits them (timm's ``_split_channels``): equal, with the
+    remainder added to the first. ``split_channels(10, 3) == (4, 3, 3)``."""
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= channels:
+        raise ValueError(f"cannot split {channels} channels into {splits!r} groups; expected 1 to {channels}")
+    return (channels // splits + channels % splits, *(channels // splits,) * (splits - 1))
+
+
+def check_mixed_kernels(kernel_size: int, kernel_sizes: Sequence[int], where: str) -> tuple[int, ...]:
+    """``kernel_sizes`` as a tuple, after checking it holds positive ints and that ``kernel_size`` is its largest
+    (the block's reach); empty means one kernel, ``kernel_size``."""
+    sizes = tuple(kernel_sizes)
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
+        raise ValueError(f"{where}: kernel_sizes must be positive ints, got {kernel_sizes!r}")
+    if sizes and kernel_size != max(sizes):
+        raise ValueError(f"{where}: kernel_size={kernel_size} with kernel_sizes={sizes}; expected kernel_size = "
+                         f"{max(sizes)}, the largest")  # fmt: skip
+    return sizes
+
+
+def _splits_of(x: Array, sizes: Sequence[int]) -> list[Array]:
+    return jnp.split(x, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+
+
+class MixedDepthwiseConv(nn.Module):
+    """Mixed depthwise convolution (MixConv, Tan & Le 2019): the input channels split into one group per kernel size
+    (:func:`split_channels`), each group a :class:`DepthwiseConv` of its size, named ``'0'``, ``'1'``, ...; the
+    outputs concatenated in order. timm's ``MixedConv2d(depthwise=True)``, key for key (``conv_dw.0.weight``).
+
+    Each group gets its own padding (``'torch'``: ``((s - 1) + d·(k - 1)) // 2`` for its ``k``; ``'SAME'``: TF's for
+    its ``k``), so all groups give one output size. On the ``'shifted'`` path each group is padded first, as the
+    blocks pad a single depthwise conv (:func:`~flax_dsconv.ops.depthwise.pad_for_depthwise`).
+
+    >>> MixedDepthwiseConv((3, 5, 7), strides=2).init_with_output(key, jnp.ones((1, 32, 32, 48)))[0].shape
+    (1, 16, 16, 48)
+    """
+
+    kernel_sizes: Sequence[int]
+    strides: int = 1
+    padding: PaddingLike = "torch"
+    dilation: int = 1
+    dtype: Dtype | None = None
+    precision: Any = None
+    implementation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        sizes = tuple(self.kernel_sizes)
+        if not sizes:
+            raise ValueError(f"{where(self)}: kernel_sizes is empty; expected one kernel size per group")
+        bound = [bound_kernel_shape(self, (str(i),)) for i in range(len(sizes))]
+        check_nhwc(x, None if None in bound else sum(b[-1] for b in bound if b), where(self))
+        outputs = []
+        for i, (k, part) in enumerate(zip(sizes, _splits_of(x, split_channels(x.shape[-1], len(sizes))),
+                                          strict=True)):  # fmt: skip
+            part, padding = pad_for_depthwise(part, k, self.strides, self.padding, self.dilation, self.implementation)
+            outputs.append(DepthwiseConv(k, self.strides, padding, self.dilation, dtype=self.dtype,
+                                         precision=self.precision, implementation=self.implementation,
+                                         name=str(i))(part))  # fmt: skip
+        return jnp.concatenate(outputs, axis=-1)
+
+
+class MixedPointwiseConv(nn.Module):
+    """A grouped 1x1 convolution as MixNet builds it (timm's ``MixedConv2d`` of 1x1 kernels): input and output
+    channels each split by :func:`split_channels` into ``splits`` groups, group ``i`` a :class:`PointwiseConv`
+    named ``str(i)`` from its input part to its output part; the outputs concatenated.
+
+    >>> MixedPointwiseConv(96, splits=2).init_with_output(key, jnp.ones((1, 8, 8, 16)))[0].shape
+    (1, 8, 8, 96)
+    """
+
+    features: int
+    splits: int = 2
+    dtype: Dtype | None = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        bound = [bound_kernel_shape(self, (str(i),)) for i in range(self.splits)]
+        check_nhwc(x, None if None in bound else sum(b[-2] for b in bound if b), where(self))
+        parts = _splits_of(x, split_channels(x.shape[-1], self.splits))
+        outs = split_channels(self.features, self.splits)
+        return jnp.concatenate([PointwiseConv(f, dtype=self.dtype, precision=self.precision, name=str(i))(part)
+                                for i, (f, part) in enumerate(zip(outs, parts, strict=True))], axis=-1)  # fmt: skip
+
+
+def pointwise_conv(features: int, splits: int = 1, *, dtype: Dtype | None = None, name: str | None = None
+                   ) -> nn.Module:  # fmt: skip
+    """A block's 1x1 conv: a :class:`PointwiseConv`, or with ``splits`` > 1 a :class:`MixedPointwiseConv`."""
+    if splits == 1:
+        return PointwiseConv(features, dtype=dtype, name=name)
+    return MixedPointwiseConv(features, splits, dtype=dtype, name=name)
 
 
 def full_conv(

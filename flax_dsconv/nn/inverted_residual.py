@@ -9,9 +9,9 @@ import jax
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual
-from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn.conv import DepthwiseConv, MixedDepthwiseConv, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
-from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
+from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
 from flax_dsconv.ops.depthwise import pad_for_depthwise
@@ -21,7 +21,9 @@ from flax_dsconv.ops.padding import PaddingLike
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InvertedResidualConfig(BlockConfig):
     """An :class:`InvertedResidual` in a network: ``expand_channels`` wide inside, squeeze-excite of
-    ``se_channels`` (0: none) after the depthwise conv."""
+    ``se_channels`` (0: none) after the depthwise conv. MixNet's mixed convs: ``kernel_sizes`` (one per channel
+    group of the depthwise conv; ``kernel_size`` is then the largest; empty: one ``kernel_size`` kernel),
+    ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv)."""
 
     kind = "ir"
     expand_channels: int
@@ -29,6 +31,14 @@ class InvertedResidualConfig(BlockConfig):
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "hard_sigmoid"
+    kernel_sizes: tuple[int, ...] = ()
+    expand_splits: int = 1
+    project_splits: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
+                                                                     "InvertedResidualConfig"))  # fmt: skip
+        check_splits(self, ("expand_splits", "project_splits"))
 
 
 class InvertedResidual(nn.Module):
@@ -36,6 +46,10 @@ class InvertedResidual(nn.Module):
 
     ``conv_pw`` (1x1 expand) → ``bn1`` → act → ``conv_dw`` (k x k, stride, dilation) → ``bn2`` → act →
     [``se``] → ``conv_pwl`` (1x1 linear projection) → ``bn3``, plus the input when ``skip``.
+
+    MixNet's variant (Tan & Le 2019): ``kernel_sizes`` makes ``conv_dw`` a :class:`MixedDepthwiseConv` (one
+    kernel size per channel group), ``expand_splits``/``project_splits`` > 1 make ``conv_pw``/``conv_pwl`` a
+    :class:`MixedPointwiseConv` each.
 
     >>> InvertedResidual(features=24, expand_channels=96, strides=2).init(key, jnp.ones((1, 56, 56, 16)))
     """
@@ -50,6 +64,9 @@ class InvertedResidual(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "hard_sigmoid"
+    kernel_sizes: tuple[int, ...] = ()
+    expand_splits: int = 1
+    project_splits: int = 1
     skip: bool = False
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
@@ -61,22 +78,27 @@ class InvertedResidual(nn.Module):
         norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
         shortcut = x
-        x = PointwiseConv(self.expand_channels, dtype=self.dtype, name="conv_pw")(x)
+        x = pointwise_conv(self.expand_channels, self.expand_splits, dtype=self.dtype, name="conv_pw")(x)
         x = act(norm(name="bn1")(x))
-        x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation, self.depthwise)
-        x = DepthwiseConv(
-            self.kernel_size,
-            self.strides,
-            padding,
-            self.dilation,
-            dtype=self.dtype,
-            implementation=self.depthwise,
-            name="conv_dw",
-        )(x)
+        if self.kernel_sizes:
+            x = MixedDepthwiseConv(self.kernel_sizes, self.strides, self.padding, self.dilation, dtype=self.dtype,
+                                   implementation=self.depthwise, name="conv_dw")(x)  # fmt: skip
+        else:
+            x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation,
+                                           self.depthwise)  # fmt: skip
+            x = DepthwiseConv(
+                self.kernel_size,
+                self.strides,
+                padding,
+                self.dilation,
+                dtype=self.dtype,
+                implementation=self.depthwise,
+                name="conv_dw",
+            )(x)
         x = act(norm(name="bn2")(x))
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
-        x = PointwiseConv(self.features, dtype=self.dtype, name="conv_pwl")(x)
+        x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pwl")(x)
         x = norm(name="bn3")(x)
         return add_residual(x, shortcut, self.skip)
 
@@ -93,6 +115,9 @@ class InvertedResidual(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            kernel_sizes=config.kernel_sizes,
+            expand_splits=config.expand_splits,
+            project_splits=config.project_splits,
             skip=config.skip,
             norm=context.norm,
             axis_name=context.axis_name,

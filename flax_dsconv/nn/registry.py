@@ -66,6 +66,14 @@ def build_block(config: BlockConfig, context: BlockContext, name: str) -> nn.Mod
     return module.from_config(config, context, name)
 
 
+def check_splits(config: BlockConfig, names: tuple[str, ...]) -> None:
+    """Raise unless each of ``config``'s fields ``names`` (a 1x1 conv's channel groups) is a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(config).__name__}: {name} must be a positive int, got {value!r}")
+
+
 def block_to_dict(config: BlockConfig) -> dict[str, Any]:
     """``config`` as JSON-ready data, its ``kind`` first."""
     return {"kind": config.kind, **dataclasses.asdict(config)}
@@ -94,4 +102,6 @@ def block_from_dict(data: dict[str, Any]) -> BlockConfig:
     unexpected = {k: v for k, v in foreign.items() if k not in _SHARED_DEFAULTS or _SHARED_DEFAULTS[k] != v}
     if unexpected:
         raise ValueError(f"a {kind!r} block has no {sorted(unexpected)} (got {unexpected})")
-    return config(**{k: v for k, v in data.items() if k in fields})
+    # JSON has no tuples: a list is a tuple field (MixNet's kernel_sizes).
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+    return config(**values)

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn.conv import DepthwiseConv, MixedDepthwiseConv, PointwiseConv, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
-from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
+from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
 from flax_dsconv.ops.depthwise import pad_for_depthwise
@@ -23,13 +23,22 @@ from flax_dsconv.ops.padding import PaddingLike
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SeparableConfig(BlockConfig):
     """A :class:`DepthwiseSeparableConv` in a network. ``pw_act``: whether it activates after its pointwise conv
-    (MobileNetV1 yes, V2/V3 no); ``se_channels`` > 0 adds squeeze-excite after the depthwise conv."""
+    (MobileNetV1 yes, V2/V3 no); ``se_channels`` > 0 adds squeeze-excite after the depthwise conv. MixNet's mixed
+    convs: ``kernel_sizes`` (one per channel group of the depthwise conv; ``kernel_size`` is then the largest;
+    empty: one ``kernel_size`` kernel) and ``project_splits`` (groups of the 1x1 conv; 1: a dense 1x1 conv)."""
 
     kind = "ds"
     pw_act: bool = False
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "hard_sigmoid"
+    kernel_sizes: tuple[int, ...] = ()
+    project_splits: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
+                                                                     "SeparableConfig"))  # fmt: skip
+        check_splits(self, ("project_splits",))
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -40,7 +49,9 @@ class DepthwiseSeparableConv(nn.Module):
     pointwise conv has no padding. The seed notebook's ``DSConv`` instead pads the 1x1 conv by 1 and
     strides it again (64x64 in, 66x66 out); :func:`seed_dsconv` builds that variant exactly.
 
-    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block.
+    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block. ``kernel_sizes``
+    makes ``conv_dw`` a :class:`MixedDepthwiseConv` and ``project_splits`` > 1 ``conv_pw`` a
+    :class:`MixedPointwiseConv` (MixNet; neither with the seed's bias, pointwise stride or padding).
 
     >>> block = DepthwiseSeparableConv(features=128)
     >>> variables = block.init(key, jnp.ones((1, 64, 64, 32)))
@@ -58,6 +69,8 @@ class DepthwiseSeparableConv(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "hard_sigmoid"
+    kernel_sizes: tuple[int, ...] = ()
+    project_splits: int = 1
     skip: bool = False
     use_bias: bool = False
     pointwise_strides: int = 1
@@ -75,28 +88,40 @@ class DepthwiseSeparableConv(nn.Module):
         # Checked here, not only by conv_dw: its input may be padded below, which would garble the message.
         kernel = bound_kernel_shape(self, ("conv_dw",))
         check_nhwc(x, None if kernel is None else kernel[-1], where(self))
-        x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation, self.depthwise)
-        x = DepthwiseConv(
-            self.kernel_size,
-            self.strides,
-            padding,
-            self.dilation,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            implementation=self.depthwise,
-            name="conv_dw",
-        )(x)
+        mixed = bool(self.kernel_sizes) or self.project_splits != 1
+        if mixed and (self.use_bias or self.pointwise_strides != 1 or self.pointwise_padding != 0):
+            raise ValueError(f"{where(self)}: mixed convs (kernel_sizes={tuple(self.kernel_sizes)}, project_splits="
+                             f"{self.project_splits}) have no bias, pointwise stride or pointwise padding")  # fmt: skip
+        if self.kernel_sizes:
+            x = MixedDepthwiseConv(self.kernel_sizes, self.strides, self.padding, self.dilation, dtype=self.dtype,
+                                   implementation=self.depthwise, name="conv_dw")(x)  # fmt: skip
+        else:
+            x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation,
+                                           self.depthwise)  # fmt: skip
+            x = DepthwiseConv(
+                self.kernel_size,
+                self.strides,
+                padding,
+                self.dilation,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                implementation=self.depthwise,
+                name="conv_dw",
+            )(x)
         x = act(norm(name="bn1")(x))
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
-        x = PointwiseConv(
-            self.features,
-            self.pointwise_strides,
-            self.pointwise_padding,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            name="conv_pw",
-        )(x)
+        if self.project_splits != 1:
+            x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pw")(x)
+        else:
+            x = PointwiseConv(
+                self.features,
+                self.pointwise_strides,
+                self.pointwise_padding,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                name="conv_pw",
+            )(x)
         x = norm(name="bn2")(x)
         if self.pw_act:
             x = act(x)
@@ -115,6 +140,8 @@ class DepthwiseSeparableConv(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            kernel_sizes=config.kernel_sizes,
+            project_splits=config.project_splits,
             skip=config.skip,
             norm=context.norm,
             axis_name=context.axis_name,
@@ -126,11 +153,21 @@ class DepthwiseSeparableConv(nn.Module):
 
 def separable_in_channels(variables: Any) -> int | None:
     """A DepthwiseSeparableConv's input channels, read off its variables' 4-D ``params/conv_dw/kernel`` (depth
-    multiplier 1), or None when there is no such kernel (nor a tree of dicts to hold one)."""
-    kernel: Any = variables
-    for key in ("params", "conv_dw", "kernel"):
-        kernel = kernel.get(key) if isinstance(kernel, Mapping) else None
-    return None if kernel is None or jnp.ndim(kernel) != 4 else int(jnp.shape(kernel)[-1])
+    multiplier 1; mixed: the sum over ``params/conv_dw/<i>/kernel``), or None when there is no such kernel (nor a
+    tree of dicts to hold one)."""
+    conv: Any = variables
+    for key in ("params", "conv_dw"):
+        conv = conv.get(key) if isinstance(conv, Mapping) else None
+    if not isinstance(conv, Mapping):
+        return None
+    groups = [conv] if "kernel" in conv else [conv.get(str(i)) for i in range(len(conv))]
+    channels = 0
+    for group in groups:
+        kernel = group.get("kernel") if isinstance(group, Mapping) else None
+        if kernel is None or jnp.ndim(kernel) != 4:
+            return None
+        channels += int(jnp.shape(kernel)[-1])
+    return channels or None
 
 
 def seed_dsconv(out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1) -> DepthwiseSeparableConv:

@@ -108,7 +108,7 @@ class Case:
 ZOO_ROWS = (
     "mobilenetv4_conv_small", "mnasnet_100", "fbnetv3_b", "lcnet_100", "hardcorenas_a", "efficientnet_b0",
     "tf_efficientnet_b0", "tinynet_e", "efficientnet_lite0", "efficientnetv2_rw_t", "tf_efficientnetv2_b0",
-    "mobilenet_edgetpu_v2_xs",
+    "mobilenet_edgetpu_v2_xs", "mixnet_s", "tf_mixnet_s",
 )  # fmt: skip
 
 
