@@ -253,7 +253,7 @@ def test_integer_weights_are_rejected_by_key_all_in_one_error():
     "kwargs,match",
     [
         (dict(), "source= one of"),
-        (dict(source="timm", arch="resnet50"), "timm arch must be a MobileNet"),
+        (dict(source="timm", arch="resnet50"), "timm arch must be a MobileNet model name"),
         (dict(source="torchvision", arch="resnet50"), "torchvision arch must be one of"),
         (dict(source="torch_ref", arch="vgg"), "torch_ref has no arch"),
     ],

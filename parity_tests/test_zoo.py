@@ -1,12 +1,13 @@
 """timm's mobile zoo: every model of timm's EfficientNet-builder files converts, with its logits and every stage as
 close to float64 as PyTorch's, or is refused with its reason (``flax_dsconv.convert.timm_zoo.REFUSED``)."""
 
+import chex
 import pytest
 import timm
 import torch
 from conftest import assert_model_matches_torch, photo_batch, random_timm, randomize_batchnorm
 
-from flax_dsconv import ConversionError
+from flax_dsconv import ConversionError, from_torch, to_torch_state_dict
 from flax_dsconv.convert.protocol import describe
 from flax_dsconv.convert.timm_zoo import REFUSED, ZOO_MODULES, refused_reason, zoo_names
 
@@ -66,3 +67,22 @@ def test_logits_and_every_stage_match_torch(name, size):
     depthwise = "xla" if size == "default" else "auto"
     _, _, summary = assert_model_matches_torch(model, x, f"{name} at {resolution} ({depthwise})", depthwise)
     print(summary)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "lcnet_100", "tinynet_e", "mixnet_s", "mobilenetv4_conv_small"])
+def test_a_state_dict_converts_and_exports_by_its_timm_name(name):
+    model = randomize_batchnorm(random_timm(name, num_classes=10), (2, 3, 64, 64))
+    module, expected = from_torch(model)
+    _, got = from_torch(model.state_dict(), source="timm", arch=name, num_classes=10)
+    chex.assert_trees_all_equal(got, expected)
+    target = timm.create_model(name, num_classes=10)
+    target.load_state_dict(to_torch_state_dict(module, got, source="timm", arch=name), strict=True)
+    for key, value in model.state_dict().items():
+        assert key.endswith("num_batches_tracked") or torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_refused_name_is_refused_by_arch_name_with_its_reason():
+    with pytest.raises(ConversionError, match="timm efficientnet_b0_gn is not supported: GroupNorm"):
+        from_torch({}, source="timm", arch="efficientnet_b0_gn")
+    with pytest.raises(ConversionError, match=r"timm has no model 'efficientnet_b9'.*efficientnet_b"):
+        from_torch({}, source="timm", arch="efficientnet_b9")

@@ -5,6 +5,7 @@ A custom ``EfficientNet(block_args=...)`` converts as long as it is built of the
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from flax import linen as nn
@@ -12,6 +13,7 @@ from flax import linen as nn
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
+from flax_dsconv.convert.timm_zoo import ZOO_MODULES, refused_reason, zoo_names
 from flax_dsconv.convert.torch_layers import TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
 from flax_dsconv.nn import (
@@ -26,25 +28,6 @@ from flax_dsconv.nn import (
 )
 from flax_dsconv.ops.activations import Activation
 
-PREFIXES = (
-    "mobilenetv1_",
-    "mobilenetv2_",
-    "mobilenetv3_",
-    "tf_mobilenetv3_",
-    # Built of edge residual blocks too: EfficientNet-EdgeTPU (mobilenet_edgetpu_*, efficientnet_es/em/el),
-    # EfficientNetV2.
-    "mobilenet_edgetpu_",
-    "efficientnet_e",
-    "tf_efficientnet_e",
-    "efficientnetv2_",
-    "tf_efficientnetv2_",
-    # MobileNetV4's conv models (universal inverted residuals, a norm after pooling); its anti-aliased (conv_aa,
-    # conv_blur) and hybrid models are read and refused at the module they need (AvgPool/BlurPool, attention).
-    "mobilenetv4_",
-    # MixNet: inverted residuals whose depthwise and 1x1 convs are timm's MixedConv2d.
-    "mixnet_",
-    "tf_mixnet_",
-)
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
 SHAPING_ARGUMENTS = frozenset({"num_classes", "in_chans", "drop_rate", "global_pool", "bn_eps", "bn_momentum"})
@@ -288,11 +271,16 @@ class TimmReader:
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
         import timm
 
-        if not arch or not arch.startswith(PREFIXES):
-            raise ConversionError(f"timm arch must be a MobileNet model name ({', '.join(PREFIXES)}...), got {arch!r}")
-        if not timm.is_model(arch):
-            near = [n for n in timm.list_models(arch.split("_")[0] + "*") if n.startswith(PREFIXES)]
-            raise ConversionError(f"timm has no model {arch!r}; its MobileNets include {near[:12]}")
+        zoo = zoo_names()
+        if arch is not None and timm.is_model(arch) and arch not in zoo:
+            raise ConversionError(f"timm arch must be a MobileNet model name, one of timm's {', '.join(ZOO_MODULES)} "
+                                  f"models; got {arch!r}")  # fmt: skip
+        if arch not in zoo:
+            near = difflib.get_close_matches(str(arch), zoo, n=8, cutoff=0.6)
+            raise ConversionError(f"timm has no model {arch!r}; close names among its MobileNets: {near}")
+        reason = refused_reason(arch)
+        if reason is not None:
+            raise ConversionError(f"timm {arch} is not supported: {reason}")
         unknown = sorted(config.keys() - SHAPING_ARGUMENTS)
         if unknown:  # e.g. checkpoint_path= or pretrained=: timm would load other weights or fetch them
             raise ConversionError(f"timm {arch}: argument {unknown} is not one that shapes the model; accepted: "
