@@ -204,6 +204,20 @@ class MixedPointwiseConv(nn.Module):
                                 for i, (f, part) in enumerate(zip(outs, parts, strict=True))], axis=-1)  # fmt: skip
 
 
+def block_depthwise(x: Array, kernel_size: int, kernel_sizes: Sequence[int], strides: int, padding: PaddingLike,
+                    dilation: int, *, implementation: str, dtype: Dtype | None = None, use_bias: bool = False,
+                    name: str = "conv_dw") -> Array:  # fmt: skip
+    """A block's depthwise conv applied to ``x`` (call it inside the block's compact ``__call__``): one
+    :class:`DepthwiseConv`, its input padded first as :func:`~flax_dsconv.ops.depthwise.pad_for_depthwise` says, or
+    with ``kernel_sizes`` a :class:`MixedDepthwiseConv` (which pads each group itself; no bias)."""
+    if kernel_sizes:
+        return MixedDepthwiseConv(kernel_sizes, strides, padding, dilation, dtype=dtype, implementation=implementation,
+                                  name=name)(x)  # fmt: skip
+    x, padding = pad_for_depthwise(x, kernel_size, strides, padding, dilation, implementation)
+    return DepthwiseConv(kernel_size, strides, padding, dilation, use_bias=use_bias, dtype=dtype,
+                         implementation=implementation, name=name)(x)  # fmt: skip
+
+
 def pointwise_conv(features: int, splits: int = 1, *, dtype: Dtype | None = None, name: str | None = None
                    ) -> nn.Module:  # fmt: skip
     """A block's 1x1 conv: a :class:`PointwiseConv`, or with ``splits`` > 1 a :class:`MixedPointwiseConv`."""

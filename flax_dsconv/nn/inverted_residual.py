@@ -9,12 +9,11 @@ import jax
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual
-from flax_dsconv.nn.conv import DepthwiseConv, MixedDepthwiseConv, check_mixed_kernels, pointwise_conv
+from flax_dsconv.nn.conv import block_depthwise, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
-from flax_dsconv.ops.depthwise import pad_for_depthwise
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -80,21 +79,8 @@ class InvertedResidual(nn.Module):
         shortcut = x
         x = pointwise_conv(self.expand_channels, self.expand_splits, dtype=self.dtype, name="conv_pw")(x)
         x = act(norm(name="bn1")(x))
-        if self.kernel_sizes:
-            x = MixedDepthwiseConv(self.kernel_sizes, self.strides, self.padding, self.dilation, dtype=self.dtype,
-                                   implementation=self.depthwise, name="conv_dw")(x)  # fmt: skip
-        else:
-            x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation,
-                                           self.depthwise)  # fmt: skip
-            x = DepthwiseConv(
-                self.kernel_size,
-                self.strides,
-                padding,
-                self.dilation,
-                dtype=self.dtype,
-                implementation=self.depthwise,
-                name="conv_dw",
-            )(x)
+        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
+                            implementation=self.depthwise, dtype=self.dtype)  # fmt: skip
         x = act(norm(name="bn2")(x))
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)

@@ -11,12 +11,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.conv import DepthwiseConv, MixedDepthwiseConv, PointwiseConv, check_mixed_kernels, pointwise_conv
+from flax_dsconv.nn.conv import PointwiseConv, block_depthwise, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
-from flax_dsconv.ops.depthwise import pad_for_depthwise
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -92,22 +91,8 @@ class DepthwiseSeparableConv(nn.Module):
         if mixed and (self.use_bias or self.pointwise_strides != 1 or self.pointwise_padding != 0):
             raise ValueError(f"{where(self)}: mixed convs (kernel_sizes={tuple(self.kernel_sizes)}, project_splits="
                              f"{self.project_splits}) have no bias, pointwise stride or pointwise padding")  # fmt: skip
-        if self.kernel_sizes:
-            x = MixedDepthwiseConv(self.kernel_sizes, self.strides, self.padding, self.dilation, dtype=self.dtype,
-                                   implementation=self.depthwise, name="conv_dw")(x)  # fmt: skip
-        else:
-            x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation,
-                                           self.depthwise)  # fmt: skip
-            x = DepthwiseConv(
-                self.kernel_size,
-                self.strides,
-                padding,
-                self.dilation,
-                use_bias=self.use_bias,
-                dtype=self.dtype,
-                implementation=self.depthwise,
-                name="conv_dw",
-            )(x)
+        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
+                            implementation=self.depthwise, dtype=self.dtype, use_bias=self.use_bias)  # fmt: skip
         x = act(norm(name="bn1")(x))
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)

@@ -11,12 +11,11 @@ import jax
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.conv import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn.conv import PointwiseConv, block_depthwise
 from flax_dsconv.nn.layer_scale import LayerScale
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
 from flax_dsconv.ops.activations import activation
-from flax_dsconv.ops.depthwise import pad_for_depthwise
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -56,10 +55,8 @@ class _ConvNorm(nn.Module):
         if self.features is not None:
             x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
         else:
-            x, padding = pad_for_depthwise(x, self.kernel_size, self.strides, self.padding, self.dilation,
-                                           self.implementation)  # fmt: skip
-            x = DepthwiseConv(self.kernel_size, self.strides, padding, self.dilation, dtype=self.dtype,
-                              implementation=self.implementation, name="conv")(x)  # fmt: skip
+            x = block_depthwise(x, self.kernel_size, (), self.strides, self.padding, self.dilation,
+                                implementation=self.implementation, dtype=self.dtype, name="conv")  # fmt: skip
         return activation(self.act)(self.norm(name="bn")(x))
 
 
