@@ -24,12 +24,17 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
     return rounded + divisor if rounded < round_limit * value else rounded
 
 
+def check_multiplier(value: float, name: str, where: str) -> None:
+    """A width or depth multiplier (``name``) is a finite number above 0: ``make_divisible`` would turn 0, -1 or
+    nan into 8 channels, and depth scaling would keep one block per row."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a finite number above 0, got {value!r}")
+
+
 def check_width(width_multiplier: float, where: str) -> None:
-    """A width multiplier is a finite number above 0 (``make_divisible`` would turn 0, -1 or nan into 8 channels)."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)):
-        raise TypeError(f"{where}: width_multiplier must be a number, got {width_multiplier!r}")
-    if not math.isfinite(width_multiplier) or width_multiplier <= 0:
-        raise ValueError(f"{where}: width_multiplier must be a finite number above 0, got {width_multiplier!r}")
+    check_multiplier(width_multiplier, "width_multiplier", where)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

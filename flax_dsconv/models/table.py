@@ -13,7 +13,7 @@ import functools
 import math
 from typing import Any, Literal
 
-from flax_dsconv.models.config import Head, MobileNetConfig, Padding, check_width, make_divisible
+from flax_dsconv.models.config import Head, MobileNetConfig, Padding, check_multiplier, check_width, make_divisible
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import (
     BatchNormConfig,
@@ -130,11 +130,7 @@ class Recipe:
 
 
 def check_depth(depth_multiplier: float, where: str) -> None:
-    """A depth multiplier is a finite number above 0 (``scale_depth`` would keep one block per row for 0 or -1)."""
-    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, float)):
-        raise TypeError(f"{where}: depth_multiplier must be a number, got {depth_multiplier!r}")
-    if not math.isfinite(depth_multiplier) or depth_multiplier <= 0:
-        raise ValueError(f"{where}: depth_multiplier must be a finite number above 0, got {depth_multiplier!r}")
+    check_multiplier(depth_multiplier, "depth_multiplier", where)
 
 
 def scale_depth(repeats: tuple[int, ...], multiplier: float, trunc: DepthTrunc = "ceil") -> tuple[int, ...]:
