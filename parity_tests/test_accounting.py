@@ -66,8 +66,8 @@ FAMILIES = {
     "torch_ref DSConv": lambda: torch_ref.DSConv(8, 16),
     "torchvision mobilenet_v2": lambda: tv.mobilenet_v2(width_mult=0.5, num_classes=10),
     "torchvision mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=10),
-    "torchvision efficientnet_b0": lambda: tv.efficientnet_b0(num_classes=10, stochastic_depth_prob=0.0),
-    "torchvision efficientnet_v2_s": lambda: tv.efficientnet_v2_s(num_classes=10, stochastic_depth_prob=0.0),
+    "torchvision efficientnet_b0": lambda: tv.efficientnet_b0(num_classes=10),
+    "torchvision efficientnet_v2_s": lambda: tv.efficientnet_v2_s(num_classes=10),
     "torchvision mnasnet0_5": lambda: tv.mnasnet0_5(num_classes=10),
     "timm mobilenetv1_100": lambda: timm.create_model("mobilenetv1_100", num_classes=10),
     "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
@@ -131,8 +131,9 @@ EDITS = {
         "norm": (_group_norm("features.2.1.block.1.1"), "features.2.1.block.1.1"),
         "conv setting": (_stride("features.2.1.block.3.0"), "features.2.1.block.3.0"),
         "extra module": (_set("features.3.extra", nn.Hardswish()), "features.3.extra"),
-        "stochastic depth": (
-            _set("features.2.1.stochastic_depth", torchvision.ops.StochasticDepth(0.2, "row")),
+        "stochastic depth": (_set("features.2.1.stochastic_depth", torchvision.ops.StochasticDepth(0.3, "row")), None),
+        "batch stochastic depth": (
+            _set("features.2.1.stochastic_depth", torchvision.ops.StochasticDepth(0.2, "batch")),
             "features.2.1.stochastic_depth",
         ),
         "head": (_set("classifier", nn.Linear(1280, 10)), "classifier"),
@@ -171,7 +172,11 @@ EDITS = {
         "norm": (_group_norm("blocks.2.1.bn2"), "blocks.2.1.bn2"),
         "conv setting": (_stride("blocks.1.0.conv_pwl"), "blocks.1.0.conv_pwl"),
         "extra module": (_set("blocks.3.0.extra", nn.ReLU()), "blocks.3.0.extra"),
-        "drop path": (_set("blocks.3.0.drop_path", timm.layers.DropPath(0.2)), "blocks.3.0.drop_path"),
+        "drop path": (_set("blocks.3.0.drop_path", timm.layers.DropPath(0.2)), None),  # that block's drop_path
+        "unscaled drop path": (
+            _set("blocks.3.0.drop_path", timm.layers.DropPath(0.2, scale_by_keep=False)),
+            "blocks.3.0.drop_path",
+        ),
     },
     "timm mobilenetv3_small_100": {
         "activation": (_set("blocks.1.0.bn2.act", nn.GELU()), "blocks.1.0.bn2.act"),
@@ -193,7 +198,7 @@ EDITS = {
         "norm": (_group_norm("blocks.1.1.bn1"), "blocks.1.1.bn1"),
         "conv setting": (_stride("blocks.1.1.conv_pwl"), "blocks.1.1.conv_pwl"),
         "extra module": (_set("blocks.1.1.extra", nn.ReLU()), "blocks.1.1.extra"),
-        "drop path": (_set("blocks.1.1.drop_path", timm.layers.DropPath(0.2)), "blocks.1.1.drop_path"),
+        "drop path": (_set("blocks.1.1.drop_path", timm.layers.DropPath(0.2)), None),  # that block's drop_path
     },
     # Universal inverted residuals: blocks.2.0 ExtraDW (stride on dw_mid), blocks.2.1 IB with a residual.
     "timm mobilenetv4_conv_small": {
@@ -207,7 +212,7 @@ EDITS = {
         "extra module": (_set("blocks.2.1.extra", nn.ReLU()), "blocks.2.1.extra"),
         "squeeze-excite": (_set("blocks.2.1.se", timm.layers.SqueezeExcite(192)), "blocks.2.1.se"),
         "layer scale": (_set("blocks.2.1.layer_scale", timm.layers.LayerScale2d(96)), None),  # converts
-        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), "blocks.2.1.drop_path"),
+        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), None),  # that block's drop_path
         "head": (_group_norm("norm_head"), "norm_head"),
         "head activation": (_set("act2", nn.ReLU()), "act2"),  # a second one, after norm_head's
     },
@@ -223,7 +228,7 @@ EDITS = {
         "split padding": (_set("blocks.2.0.conv_dw.1", MIXNET_K5_PAD1), "blocks.2.0.conv_dw.1"),
         "channel split": (_set_attribute("blocks.2.0.conv_dw", "splits", [50, 47, 47]), "blocks.2.0.conv_dw"),
         "extra module": (_set("blocks.2.0.conv_dw.3", nn.ReLU()), "blocks.2.0.conv_dw.3"),  # a fourth group
-        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), "blocks.2.1.drop_path"),
+        "drop path": (_set("blocks.2.1.drop_path", timm.layers.DropPath(0.2)), None),  # that block's drop_path
     },
 }
 

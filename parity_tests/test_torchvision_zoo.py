@@ -1,6 +1,5 @@
 """torchvision's EfficientNet (V1 b0-b7, V2 s/m/l) and MNASNet convert: every arch computes what torch computes,
-weights round-trip bit-exactly, state_dict files convert by arch name, and stochastic depth is refused where it
-would change training."""
+weights round-trip bit-exactly, and state_dict files convert by arch name (stochastic depth: test_drop_path.py)."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ FAMILIES = ("efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5")
 
 
 def _random(arch: str, x: torch.Tensor | tuple[int, ...] = (2, 3, 40, 40)) -> torch.nn.Module:
-    extra = {"stochastic_depth_prob": 0.0} if arch.startswith("efficientnet") else {}
-    return randomize_batchnorm(random_torchvision(arch, num_classes=10, **extra), x)
+    return randomize_batchnorm(random_torchvision(arch, num_classes=10), x)
 
 
 @pytest.mark.parametrize("arch", CASES)
@@ -78,15 +76,6 @@ def test_a_state_dict_file_converts_by_arch_name(tmp_path, arch):
     _, expected = from_torch(model)
     _, got = from_torch(path, source="torchvision", arch=arch, num_classes=10)
     chex.assert_trees_all_equal(got, expected)
-
-
-def test_stochastic_depth_is_refused_where_it_acts_and_left_out_of_state_dict_skeletons():
-    with pytest.raises(ConversionError, match=r"features\.2\.1\.stochastic_depth: stochastic depth with rate"):
-        from_torch(tv.efficientnet_b0())  # torchvision's default stochastic_depth_prob=0.2
-    state_dict = tv.efficientnet_b0(stochastic_depth_prob=0.0).state_dict()
-    from_torch(state_dict, source="torchvision", arch="efficientnet_b0")  # a state_dict does not record it
-    with pytest.raises(ConversionError, match=r"features\.2\.1\.stochastic_depth"):
-        from_torch(state_dict, source="torchvision", arch="efficientnet_b0", stochastic_depth_prob=0.2)
 
 
 @pytest.mark.parametrize(

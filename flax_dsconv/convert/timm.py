@@ -5,6 +5,7 @@ A custom ``EfficientNet(block_args=...)`` converts as long as it is built of the
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any, Literal
 
@@ -30,7 +31,9 @@ from flax_dsconv.ops.activations import Activation
 
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
-SHAPING_ARGUMENTS = frozenset({"num_classes", "in_chans", "drop_rate", "global_pool", "bn_eps", "bn_momentum"})
+SHAPING_ARGUMENTS = frozenset(
+    {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool", "bn_eps", "bn_momentum"}
+)
 
 
 def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
@@ -146,7 +149,6 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     if s2d is not None:  # EfficientNet-X/H; checked first, as its SAME padding would read as mixed padding rules
         raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2, before the "
                               "depthwise conv) is not supported")  # fmt: skip
-    r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
     if name == "DepthwiseSeparableConv":
         dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
@@ -196,6 +198,13 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     raise ConversionError(f"{where}: unsupported timm block {name}")
 
 
+def _drop_path(r: TorchReader, blk: Any, where: str, config: BlockConfig) -> BlockConfig:
+    """``config`` with the stochastic depth of the block's ``drop_path`` (timm's ``drop_path_rate`` gives block
+    ``i`` of ``n`` the rate ``drop_path_rate · i / n``)."""
+    rate = r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
+    return dataclasses.replace(config, drop_path=rate) if rate else config
+
+
 def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     kind = type(model).__name__
@@ -203,8 +212,8 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
         raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3/V4")
     stem = r.conv(model.conv_stem, "conv_stem")
     stem_act = r.bn(model.bn1, "bn1")
-    stages = tuple(tuple(_block(r, blk, f"blocks.{s}.{i}") for i, blk in enumerate(stage))
-                   for s, stage in enumerate(model.blocks))  # fmt: skip
+    stages = tuple(tuple(_drop_path(r, blk, f"blocks.{s}.{i}", _block(r, blk, f"blocks.{s}.{i}"))
+                         for i, blk in enumerate(stage)) for s, stage in enumerate(model.blocks))  # fmt: skip
 
     head: Literal["none", "pre_pool", "post_pool"] = "none"
     head_act: Activation = "relu"

@@ -164,16 +164,18 @@ class TorchReader:
         self.claim(module, where)
         return float(module.p)
 
-    def drop_path(self, module: Any, where: str) -> None:
-        """Stochastic depth: the Flax blocks have none, so only a disabled one (rate 0, or Identity) converts."""
+    def drop_path(self, module: Any, where: str) -> float:
+        """timm's stochastic depth (``DropPath``; absent or Identity: none): its rate, which must scale the kept
+        examples by ``1 / (1 - rate)`` as the Flax blocks do."""
         if module is None or type(module).__name__ == "Identity":
             self.identity(module, where)
-            return
+            return 0.0
         expect_type(module, where, ("DropPath",), "drop path")
-        if module.drop_prob:
-            raise ConversionError(f"{where}: drop path (stochastic depth) with rate {module.drop_prob}: the Flax "
-                                  "blocks have none; build the torch model with drop_path_rate=0")  # fmt: skip
+        if not getattr(module, "scale_by_keep", True):
+            raise ConversionError(f"{where}: DropPath(scale_by_keep=False) does not rescale the kept examples; "
+                                  "the Flax blocks' stochastic depth does (timm's default)")  # fmt: skip
         self.claim(module, where)
+        return float(module.drop_prob)
 
     def linear(self, module: Any, where: str) -> dict[str, Any]:
         expect_type(module, where, ("Linear",), "a linear layer")

@@ -7,10 +7,9 @@ torchvision's ``MBConv`` is an :class:`InvertedResidualConfig` with squeeze-exci
 conv, then ``_InvertedResidual`` stacks. :class:`~flax_dsconv.convert.torchvision.TorchvisionReader` dispatches
 here by class.
 
-Stochastic depth is refused where it acts (a block with a residual) at a rate above 0, as the timm reader
-refuses timm's drop path: the Flax blocks have none, so a converted model would train differently. It is the
-identity in eval mode, so weights trained with it convert once the model is built with
-``stochastic_depth_prob=0`` (torchvision's default is 0.2); the skeleton a state_dict is read into is.
+Each block's ``StochasticDepth`` (row mode) becomes its config's ``drop_path`` rate, as timm's ``DropPath``
+does; a state_dict does not record it, so the skeleton it is read into has torchvision's default
+(``stochastic_depth_prob=0.2``) unless given.
 """
 
 from __future__ import annotations
@@ -74,16 +73,15 @@ def _linear_projection(r: TorchReader, seq: Any, where: str) -> dict[str, Any]:
     return conv
 
 
-def _stochastic_depth(r: TorchReader, blk: Any, where: str) -> None:
-    """A block's StochasticDepth: the identity in eval mode, but it drops the residual branch in training,
-    which the Flax blocks do not; so only rate 0 converts where it acts (see the module docstring)."""
+def _stochastic_depth(r: TorchReader, blk: Any, where: str) -> float:
+    """A block's StochasticDepth rate; only row mode (one draw per example) is what the Flax blocks do."""
     at = f"{where}.stochastic_depth"
     expect_type(blk.stochastic_depth, at, ("StochasticDepth",), "stochastic depth")
-    if blk.use_res_connect and blk.stochastic_depth.p:
-        raise ConversionError(f"{at}: stochastic depth with rate {blk.stochastic_depth.p}: the Flax blocks have "
-                              "none; build the torchvision model with stochastic_depth_prob=0 (the identity in "
-                              "eval mode: trained weights load unchanged)")  # fmt: skip
+    if blk.stochastic_depth.mode != "row":
+        raise ConversionError(f"{at}: StochasticDepth(mode={blk.stochastic_depth.mode!r}) drops the branch of the "
+                              "whole batch at once; the Flax blocks drop per example (mode='row')")  # fmt: skip
     r.claim(blk.stochastic_depth, at)
+    return float(blk.stochastic_depth.p)
 
 
 def _se(r: TorchReader, se: Any, where: str) -> dict[str, Any]:
@@ -99,9 +97,8 @@ def _efficientnet_block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     """One MBConv ([expand,] depthwise, squeeze-excite, project) or FusedMBConv (k x k expand, project; or one
     k x k conv when it does not expand)."""
     expect_type(blk, where, ("MBConv", "FusedMBConv"), "an MBConv or FusedMBConv block")
-    _stochastic_depth(r, blk, where)
     layers, at = list(blk.block), f"{where}.block"
-    common = dict(skip=blk.use_res_connect)
+    common = dict(skip=blk.use_res_connect, drop_path=_stochastic_depth(r, blk, where))
     if type(blk).__name__ == "FusedMBConv":
         if len(layers) not in (1, 2):
             raise ConversionError(f"{at}: {len(layers)} layers; expected a k x k conv [and a 1x1 projection]")
@@ -239,16 +236,15 @@ def names(config: MobileNetConfig, mnasnet: bool) -> NameMap:
 
 
 def skeleton(arch: str, config: dict[str, Any]) -> Any:
-    """torchvision's ``arch`` built with ``config``; EfficientNet's stochastic depth at 0 unless given (a
-    state_dict does not record it)."""
+    """torchvision's ``arch`` built with ``config`` (torchvision's defaults for what a state_dict does not record:
+    dropout, EfficientNet's stochastic depth)."""
     import torchvision
 
     kind = "MNASNet" if arch in MNASNET_ARCHS else "EfficientNet"
     unknown = sorted(config.keys() - set(ARGUMENTS[kind]))
     if unknown:
         raise ConversionError(f"torchvision {arch} takes no argument {unknown}; it takes {sorted(ARGUMENTS[kind])}")
-    defaults = {"stochastic_depth_prob": 0.0} if kind == "EfficientNet" else {}
-    return getattr(torchvision.models, arch)(weights=None, **{**defaults, **config})
+    return getattr(torchvision.models, arch)(weights=None, **config)
 
 
 @functools.cache

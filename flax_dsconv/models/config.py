@@ -78,6 +78,25 @@ class MobileNetConfig:
             raise ValueError(f"head_norm=True is the post_pool head's norm; head={self.head!r} has none "
                              "(pre_pool's BatchNorm is always there)")  # fmt: skip
 
+    def with_drop_path(self, rate: float) -> MobileNetConfig:
+        """This config with stochastic depth growing linearly over the blocks: block ``i`` of ``n`` (counted over
+        all stages from 0) drops its residual branch with probability ``rate · i / n``, the rule of timm's
+        ``drop_path_rate`` and torchvision's ``stochastic_depth_prob``; ``rate=0`` turns it off.
+
+        >>> config = create_model("efficientnet_b0").config.with_drop_path(0.2)
+        """
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"MobileNetConfig: a drop path rate is a probability in [0, 1), got {rate!r}")
+        n = len(self.blocks)
+        stages, i = [], 0
+        for stage in self.stages:
+            blocks = []
+            for block in stage:
+                blocks.append(dataclasses.replace(block, drop_path=rate * i / n))
+                i += 1
+            stages.append(tuple(blocks))
+        return dataclasses.replace(self, stages=tuple(stages))
+
     @property
     def blocks(self) -> tuple[BlockConfig, ...]:
         """Every block, stage after stage."""

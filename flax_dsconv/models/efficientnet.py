@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flax_dsconv.models.network import MobileNet
-from flax_dsconv.models.table import DS, EFFICIENTNET_SE, ER, IR, TF_PORT, Recipe, Table, build
+from flax_dsconv.models.table import CONV, DS, EFFICIENTNET_SE, ER, IR, TF_PORT, Recipe, Table, build
+from flax_dsconv.nn import InvertedResidualConfig, SeparableConfig
 
 # EfficientNet-B0, Table 1: MBConv1 (no expansion: a depthwise separable block), then MBConv6; SE 0.25 throughout.
 B0_TABLE: Table = (
@@ -129,6 +130,85 @@ def tinynet(
                  in_channels=in_channels, dtype=dtype, where="tinynet")  # fmt: skip
 
 
+def efficientnet_pruned(
+    tag: str, num_classes: int = 1000, *, dropout: float = 0.0, in_channels: int = 3, dtype: Any | None = None
+) -> MobileNet:
+    """EfficientNet-B1, B2 or B3 (``tag``) as pruned by knapsack pruning (Aflalo et al. 2020): the TF port's
+    structure with each block's widths cut to :data:`PRUNED_WIDTHS`. Options as :func:`efficientnet`.
+
+    >>> model = efficientnet_pruned("b1")
+    """
+    if tag not in PRUNED_WIDTHS:
+        raise ValueError(f"efficientnet_pruned: tag is one of {sorted(PRUNED_WIDTHS)}, got {tag!r}")
+    base = efficientnet(*EFFICIENTNET_SCALES[tag], num_classes, tf=True, dropout=dropout, in_channels=in_channels,
+                        dtype=dtype)  # fmt: skip
+    widths = iter(PRUNED_WIDTHS[tag])
+    in_ch, stages = base.config.stem_channels, []
+    for stage in base.config.stages:
+        blocks = []
+        for block in stage:
+            mid, se, out = next(widths)
+            assert isinstance(block, (SeparableConfig, InvertedResidualConfig))  # B0's table has only these
+            cut: dict[str, Any] = dict(expand_channels=mid) if mid else {}
+            blocks.append(dataclasses.replace(block, out_channels=out, se_channels=se, skip=block.skip and in_ch == out,
+                                              **cut))  # fmt: skip
+            in_ch = out
+        stages.append(tuple(blocks))
+    return base.clone(config=dataclasses.replace(base.config, stages=tuple(stages)))
+
+
+# The pruned models' (expanded, squeeze-excite, output) channels, block by block (0: a separable block, which does
+# not expand), as timm's pruned-model files give them.
+PRUNED_WIDTHS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "b1": (
+        (0, 8, 16), (0, 4, 16), (48, 4, 12), (62, 6, 12), (48, 6, 12), (70, 6, 35), (61, 10, 35), (51, 10, 35),
+        (175, 10, 74), (188, 20, 74), (137, 20, 74), (164, 20, 74), (399, 20, 67), (201, 28, 67), (160, 28, 67),
+        (213, 28, 67), (637, 27, 192), (806, 48, 192), (798, 48, 192), (891, 48, 192), (990, 48, 192),
+        (1152, 48, 320), (1912, 80, 320),
+    ),
+    "b2": (
+        (0, 8, 16), (0, 4, 16), (54, 4, 17), (69, 6, 17), (61, 6, 17), (86, 6, 42), (72, 12, 42), (98, 12, 42),
+        (245, 12, 85), (274, 22, 85), (254, 22, 85), (292, 22, 85), (502, 22, 116), (315, 30, 116),
+        (354, 30, 116), (443, 30, 116), (719, 30, 208), (1148, 52, 208), (1160, 52, 208), (1182, 52, 208),
+        (1228, 52, 208), (1248, 52, 352), (2112, 88, 352),
+    ),
+    "b3": (
+        (0, 10, 24), (0, 6, 24), (27, 6, 12), (49, 8, 12), (48, 8, 12), (83, 8, 40), (90, 12, 40), (85, 12, 40),
+        (215, 12, 93), (261, 24, 93), (219, 24, 93), (254, 24, 93), (236, 24, 93), (480, 24, 120),
+        (235, 34, 120), (217, 34, 120), (226, 33, 120), (340, 34, 120), (802, 34, 232), (1030, 58, 232),
+        (924, 58, 232), (1016, 58, 232), (1130, 58, 232), (1266, 58, 232), (1392, 58, 384), (2301, 96, 384),
+    ),
+}
+
+# timm's minimal test model: a dense conv block, two fused and two SE inverted residuals; widths rounded to the
+# nearest multiple of 8 (round_limit 0), a 256 head.
+TEST_TABLE: Table = (
+    (CONV(out=16, kernel=3, skip=True),),
+    (ER(out=24, stride=2, expand=4),),
+    (ER(out=32, stride=2, expand=4),),
+    (IR(out=48, stride=2, expand=4, se=0.25),),
+    (IR(out=64, stride=2, expand=4, se=0.25),),
+)
+TEST = dataclasses.replace(EFFICIENTNET, stem=24, head_channels=256, round_limit=0.0)
+
+
+def efficientnet_test(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """timm's ``test_efficientnet``: five one-block stages (a few hundred thousand parameters) for tests.
+
+    >>> model = efficientnet_test(num_classes=10)
+    """
+    return build(TEST_TABLE, TEST, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="test_efficientnet")  # fmt: skip
+
+
 # width, depth — the compound coefficients: B0-B7 from the paper, B8 from AdvProp, L2 from Noisy Student.
 EFFICIENTNET_SCALES: dict[str, tuple[float, float]] = {
     "b0": (1.0, 1.0), "b1": (1.0, 1.1), "b2": (1.1, 1.2), "b3": (1.2, 1.4), "b4": (1.4, 1.8),
@@ -154,4 +234,6 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
     "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},
+    **{f"efficientnet_{tag}_pruned": functools.partial(efficientnet_pruned, tag) for tag in PRUNED_WIDTHS},
+    "test_efficientnet": efficientnet_test,
 }  # fmt: skip

@@ -5,6 +5,7 @@ Each timm name is checked against the config read off timm's own model (``parity
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from flax_dsconv.models.edgetpu import TIMM_MODELS as EDGETPU_TIMM
 from flax_dsconv.models.efficientnet import TIMM_MODELS as EFFICIENTNET_TIMM
 from flax_dsconv.models.efficientnet_v2 import TIMM_MODELS as EFFICIENTNET_V2_TIMM
 from flax_dsconv.models.hardcorenas import TIMM_MODELS as HARDCORENAS_TIMM
+from flax_dsconv.models.mixnet import TIMM_MODELS as MIXNET_TIMM
 from flax_dsconv.models.mobilenet_v1 import TIMM_MODELS as V1_TIMM
 from flax_dsconv.models.mobilenet_v1 import mobilenet_v1
 from flax_dsconv.models.mobilenet_v2 import TIMM_MODELS as V2_TIMM
@@ -42,6 +44,7 @@ _MODELS: dict[str, Callable[..., MobileNet]] = {
     **EFFICIENTNET_TIMM,
     **EFFICIENTNET_V2_TIMM,
     **EDGETPU_TIMM,
+    **MIXNET_TIMM,
 }
 
 
@@ -50,12 +53,22 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs: Any) -> MobileNet:
+def create_model(name: str, *, drop_path_rate: float = 0.0, **kwargs: Any) -> MobileNet:
     """The model called ``name`` (torchvision's or timm's name for it); ``kwargs`` go to its builder
-    (``num_classes=10``, ``in_channels=1``, ...).
+    (``num_classes=10``, ``in_channels=1``, ``dropout=0.2``...; timm's ``in_chans`` and ``drop_rate`` are taken
+    for ``in_channels`` and ``dropout``). ``drop_path_rate``: stochastic depth as timm's (see
+    :meth:`~flax_dsconv.models.config.MobileNetConfig.with_drop_path`).
 
-    >>> model = create_model("mobilenetv3_large_100", num_classes=10)
+    >>> model = create_model("efficientnet_b0", num_classes=10, in_chans=1, drop_path_rate=0.2)
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; flax_dsconv.list_models() has {len(_MODELS)}: {list_models()}")
-    return _MODELS[name](**kwargs)
+        near = difflib.get_close_matches(str(name), list_models(), n=8, cutoff=0.6)
+        raise ValueError(f"unknown model {name!r}; close names: {near} (flax_dsconv.list_models() has all "
+                         f"{len(_MODELS)})")  # fmt: skip
+    for timm_name, ours in (("in_chans", "in_channels"), ("drop_rate", "dropout")):
+        if timm_name in kwargs:
+            if ours in kwargs:
+                raise TypeError(f"create_model({name!r}): give {ours}= or {timm_name}=, not both")
+            kwargs[ours] = kwargs.pop(timm_name)
+    model = _MODELS[name](**kwargs)
+    return model.clone(config=model.config.with_drop_path(drop_path_rate)) if drop_path_rate else model

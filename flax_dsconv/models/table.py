@@ -45,7 +45,9 @@ class Row:
     pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it
     (:data:`CONV` rows default to False, as timm's ``cn`` blocks). ``group_size``: channels per group of an er
     block's k x k conv (0: dense). ``expand_from``: expand from this many channels (width-scaled) instead of the
-    block's input (the EdgeTPU models' first block).
+    block's input (the EdgeTPU models' first block). MixNet's mixed convs: ``kernels`` (ds, ir): one depthwise
+    kernel size per channel group (``kernel`` unused; empty: one ``kernel``); ``expand_splits`` (ir) /
+    ``project_splits`` (ds, ir): channel groups of the 1x1 expansion / projection.
     """
 
     block: BlockKind
@@ -62,15 +64,19 @@ class Row:
     end_kernel: int = 0
     group_size: int = 0
     expand_from: int = 0
+    kernels: tuple[int, ...] = ()
+    expand_splits: int = 1
+    project_splits: int = 1
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
+        mixed = ("kernels", "expand_splits", "project_splits")
         unused = {
-            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from"),
-            "uir": ("se", "pw_act", "group_size"),
-            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from"),
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", *mixed),
+            "uir": ("se", "pw_act", "group_size", *mixed),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "expand_splits"),
             "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
-            "er": ("pw_act", "start_kernel", "end_kernel"),
+            "er": ("pw_act", "start_kernel", "end_kernel", *mixed),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
@@ -175,12 +181,15 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     se: dict[str, Any] = {}
     if se_channels:
         se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate)
+    kernel = max(row.kernels) if row.kernels else row.kernel
     if row.block == "ds":
-        return SeparableConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, pw_act=row.pw_act,
-                               skip=skip, **se)  # fmt: skip
+        return SeparableConfig(out_channels=out, kernel_size=kernel, stride=stride, act=act, pw_act=row.pw_act,
+                               skip=skip, kernel_sizes=row.kernels, project_splits=row.project_splits,
+                               **se)  # fmt: skip
     if row.block == "ir":
-        return InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
-                                      act=act, skip=skip, **se)  # fmt: skip
+        return InvertedResidualConfig(out_channels=out, kernel_size=kernel, stride=stride, expand_channels=mid,
+                                      act=act, skip=skip, kernel_sizes=row.kernels, expand_splits=row.expand_splits,
+                                      project_splits=row.project_splits, **se)  # fmt: skip
     return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
                               groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
 

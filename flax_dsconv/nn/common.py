@@ -1,4 +1,4 @@
-"""What every layer checks on its input, and the residual add."""
+"""What every layer checks on its input, and the residual add with its stochastic depth."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from flax_dsconv.ops.drop_path import drop_path as drop_path_op
 
 
 def check_nhwc(x: jax.Array, channels: int | None, where: str) -> None:
@@ -50,9 +52,32 @@ def where(module: nn.Module) -> str:
     return f"{type(module).__name__} '{'/'.join(path)}'"
 
 
-def add_residual(x: jax.Array, shortcut: jax.Array, skip: bool) -> jax.Array:
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: in training (``deterministic=False``) each example's branch is
+    dropped with probability ``rate`` (the rng stream ``'dropout'``), the kept ones scaled by ``1 / (1 - rate)``;
+    the identity otherwise (timm's ``DropPath``, torchvision's ``StochasticDepth(mode='row')``).
+
+    >>> y = DropPath(0.1).apply({}, x, deterministic=False, rngs={"dropout": key})
+    """
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        return drop_path_op(x, self.rate, self.make_rng("dropout"))
+
+
+def add_residual(
+    x: jax.Array, shortcut: jax.Array, skip: bool, drop_path: float = 0.0, train: bool = False
+) -> jax.Array:
+    """``x + shortcut`` when ``skip`` (else ``x``), the branch ``x`` first through :class:`DropPath` at rate
+    ``drop_path`` (acting only when ``train``); call it inside a block's compact ``__call__``."""
     if not skip:
         return x
     if x.shape != shortcut.shape:
         raise ValueError(f"residual needs equal shapes, got block output {x.shape} and input {shortcut.shape}")
+    if drop_path:
+        x = DropPath(drop_path, name="drop_path")(x, deterministic=not train)
     return x + shortcut

@@ -33,6 +33,7 @@ class ConvBNAct(nn.Module):
     padding: PaddingLike = "torch"
     act: str = "relu"
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
@@ -48,7 +49,7 @@ class ConvBNAct(nn.Module):
         x = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)(
             name="bn1"
         )(x)
-        return add_residual(activation(self.act)(x), shortcut, self.skip)
+        return add_residual(activation(self.act)(x), shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: ConvBNActConfig, context: BlockContext, name: str) -> ConvBNAct:
@@ -60,6 +61,7 @@ class ConvBNAct(nn.Module):
             padding=context.padding,
             act=config.act,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

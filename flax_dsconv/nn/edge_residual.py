@@ -55,6 +55,7 @@ class EdgeResidual(nn.Module):
     se_act: str = "relu"
     se_gate: str = "sigmoid"
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
@@ -74,7 +75,7 @@ class EdgeResidual(nn.Module):
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
         x = PointwiseConv(self.features, dtype=self.dtype, name="conv_pwl")(x)
         x = norm(name="bn2")(x)
-        return add_residual(x, shortcut, self.skip)
+        return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: EdgeResidualConfig, context: BlockContext, name: str) -> EdgeResidual:
@@ -91,6 +92,7 @@ class EdgeResidual(nn.Module):
             se_act=config.se_act,
             se_gate=config.se_gate,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

@@ -35,6 +35,7 @@ class InvertedResidualConfig(BlockConfig):
     project_splits: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "InvertedResidualConfig"))  # fmt: skip
         check_splits(self, ("expand_splits", "project_splits"))
@@ -67,6 +68,7 @@ class InvertedResidual(nn.Module):
     expand_splits: int = 1
     project_splits: int = 1
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
@@ -86,7 +88,7 @@ class InvertedResidual(nn.Module):
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
         x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pwl")(x)
         x = norm(name="bn3")(x)
-        return add_residual(x, shortcut, self.skip)
+        return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: InvertedResidualConfig, context: BlockContext, name: str) -> InvertedResidual:
@@ -105,6 +107,7 @@ class InvertedResidual(nn.Module):
             expand_splits=config.expand_splits,
             project_splits=config.project_splits,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

@@ -19,7 +19,8 @@ from flax_dsconv.ops.activations import Activation
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BlockConfig:
     """What every block has. ``skip`` says whether the block adds its input (stride 1 and equal channels, unless
-    disabled); ``kind`` names the config type in saved configs."""
+    disabled); ``drop_path``: the probability, in training, of dropping the residual branch of an example
+    (stochastic depth; it acts only where ``skip``); ``kind`` names the config type in saved configs."""
 
     kind: ClassVar[str]
     out_channels: int
@@ -28,6 +29,12 @@ class BlockConfig:
     dilation: int = 1
     act: Activation = "relu"
     skip: bool = False
+    drop_path: float = 0.0
+
+    def __post_init__(self) -> None:
+        rate = self.drop_path
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"{type(self).__name__}: drop_path is a probability in [0, 1), got {rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)

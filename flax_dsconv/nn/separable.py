@@ -35,6 +35,7 @@ class SeparableConfig(BlockConfig):
     project_splits: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "SeparableConfig"))  # fmt: skip
         check_splits(self, ("project_splits",))
@@ -71,6 +72,7 @@ class DepthwiseSeparableConv(nn.Module):
     kernel_sizes: tuple[int, ...] = ()
     project_splits: int = 1
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     use_bias: bool = False
     pointwise_strides: int = 1
     pointwise_padding: PaddingLike = 0
@@ -110,7 +112,7 @@ class DepthwiseSeparableConv(nn.Module):
         x = norm(name="bn2")(x)
         if self.pw_act:
             x = act(x)
-        return add_residual(x, shortcut, self.skip)
+        return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: SeparableConfig, context: BlockContext, name: str) -> DepthwiseSeparableConv:
@@ -128,6 +130,7 @@ class DepthwiseSeparableConv(nn.Module):
             kernel_sizes=config.kernel_sizes,
             project_splits=config.project_splits,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

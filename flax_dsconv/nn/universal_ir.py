@@ -84,6 +84,7 @@ class UniversalInvertedResidual(nn.Module):
     act: str = "relu"
     layer_scale: bool = False
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
@@ -115,7 +116,7 @@ class UniversalInvertedResidual(nn.Module):
             x = conv(x, "dw_end")
         if self.layer_scale:
             x = LayerScale(dtype=self.dtype, name="layer_scale")(x)
-        return add_residual(x, shortcut, self.skip)
+        return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(
@@ -133,6 +134,7 @@ class UniversalInvertedResidual(nn.Module):
             act=config.act,
             layer_scale=config.layer_scale,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

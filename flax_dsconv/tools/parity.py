@@ -141,9 +141,8 @@ def default_cases() -> list[Case]:
         Case("tf_mobilenetv3_large_100", "timm", lambda: timm.create_model("tf_mobilenetv3_large_100")),
         Case("tf_mobilenetv3_small_100", "timm", lambda: timm.create_model("tf_mobilenetv3_small_100")),
         *(Case(name, "timm", functools.partial(timm.create_model, name)) for name in ZOO_ROWS),
-        # torchvision's EfficientNets with their stochastic depth off (it is training-only, and not converted)
-        Case("efficientnet_b0 (tv)", "torchvision", lambda: tv.efficientnet_b0(stochastic_depth_prob=0.0)),
-        Case("efficientnet_v2_s (tv)", "torchvision", lambda: tv.efficientnet_v2_s(stochastic_depth_prob=0.0)),
+        Case("efficientnet_b0 (tv)", "torchvision", lambda: tv.efficientnet_b0()),
+        Case("efficientnet_v2_s (tv)", "torchvision", lambda: tv.efficientnet_v2_s()),
         Case("mnasnet1_0", "torchvision", lambda: tv.mnasnet1_0()),
     ]
 
