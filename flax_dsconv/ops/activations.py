@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 Activation = Literal["relu", "relu6", "hard_swish", "hard_sigmoid", "sigmoid", "silu", "identity"]
 
@@ -23,23 +23,44 @@ def _sixth(t: jax.Array) -> jax.Array:
     return t * _SIXTH_HI + t * _SIXTH_LO
 
 
+# The activations are lax primitives rather than jax.nn's functions: each of those is a jitted custom_jvp, which
+# costs about a millisecond per call to trace, and a MobileNet traces a few hundred of them on every init and
+# compile. The gradients are jax.nn's and PyTorch's: 0 where the input is exactly at a kink (relu at 0, relu6 at
+# 0 and 6; lax.clamp's), where lax.max would give 0.5.
+def relu(x: jax.Array) -> jax.Array:
+    zeros = jax.lax.full_like(x, 0)
+    return jax.lax.select(jax.lax.gt(x, zeros), x, zeros)
+
+
+def relu6(x: jax.Array) -> jax.Array:
+    return jax.lax.clamp(jnp.zeros((), x.dtype), x, jnp.full((), 6, x.dtype))
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+    return jax.lax.logistic(x)
+
+
+def silu(x: jax.Array) -> jax.Array:
+    return x * jax.lax.logistic(x)
+
+
 def hard_sigmoid(x: jax.Array) -> jax.Array:
     """``relu6(x + 3) / 6``, divided as PyTorch divides (correctly rounded, unbiased)."""
-    return _sixth(jax.nn.relu6(x + 3.0))
+    return _sixth(relu6(x + 3.0))
 
 
 def hard_swish(x: jax.Array) -> jax.Array:
     """``x · relu6(x + 3) / 6``, in PyTorch's order, divided as PyTorch divides (correctly rounded, unbiased)."""
-    return _sixth(x * jax.nn.relu6(x + 3.0))
+    return _sixth(x * relu6(x + 3.0))
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "relu6": nn.relu6,
+    "relu": relu,
+    "relu6": relu6,
     "hard_swish": hard_swish,
     "hard_sigmoid": hard_sigmoid,
-    "sigmoid": nn.sigmoid,
-    "silu": nn.silu,
+    "sigmoid": sigmoid,
+    "silu": silu,
     "identity": lambda x: x,
 }
 
