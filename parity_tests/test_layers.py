@@ -512,3 +512,16 @@ def test_hard_activations_divide_by_six_without_bias(name):
     # Near x = -3, x + 3 in float32 already cancels; elsewhere within an ulp of torch's result.
     ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
     assert np.all(np.abs(got - exact) <= np.abs(torch32 - exact) + ulp), "over an ulp beyond torch's error"
+
+
+@pytest.mark.parametrize("name,reference", [("relu", "relu"), ("relu6", "relu6"), ("sigmoid", "sigmoid"),
+                                            ("silu", "silu")])  # fmt: skip
+def test_an_activation_has_jax_nns_values_and_gradients_at_its_kinks(name, reference):
+    """The activations are lax primitives (cheaper to trace than jax.nn's jitted functions) with the same values
+    and the same gradients, kinks included: 0 at relu's 0 and relu6's 0 and 6, as in PyTorch."""
+    from flax_dsconv.ops.activations import activation
+
+    x = jnp.array([-7.0, -6.0, -3.0, -1.0, -0.0, 0.0, 0.5, 3.0, 5.9, 6.0, 7.0])
+    ours, theirs = activation(name), getattr(jax.nn, reference)
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(theirs(x)))
+    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(ours))(x)), np.asarray(jax.vmap(jax.grad(theirs))(x)))
