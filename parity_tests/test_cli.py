@@ -320,3 +320,16 @@ def test_convert_onto_an_existing_file_is_one_line_and_keeps_the_file(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("flax-dsconv convert: ") and str(tmp_path / "out") in err and err.count("\n") == 1, err
     assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_bench_takes_any_create_model_name_against_its_timm_twin(capsys):
+    argv = ["bench", "--json", "--no-layers", "--models", "test_efficientnet", "--train-batch", "2", "--infer-batch",
+            "2", "--resolution", "32", "--repeats", "1", "--depthwise", "xla"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = {(r["workload"], r["framework"]): r for r in json.loads(capsys.readouterr().out)["results"]}
+    workloads = ("test_efficientnet inference", "test_efficientnet train step")
+    assert set(rows) == {(w, f) for w in workloads for f in ("flax", "torch")}
+    assert all(r["error"] is None and r["median_s"] > 0 for r in rows.values())
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--models", "efficientnet_b9"])
+    assert "close names: efficientnet_b8" in capsys.readouterr().err

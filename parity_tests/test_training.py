@@ -72,7 +72,14 @@ GRAD_FAMILIES = {
     "timm_tf_mobilenetv3_small_075": lambda: timm.create_model("tf_mobilenetv3_small_075", num_classes=10),  # 'SAME'
     # EdgeResidual and SiLU/sigmoid squeeze-excite inverted residuals (the EfficientNet family's blocks)
     "timm_test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=10),
+    # MixNet's mixed depthwise and split pointwise convs; EfficientNetV2's fused blocks with TF 'SAME' padding
+    "timm_mixnet_s": lambda: timm.create_model("mixnet_s", num_classes=10),
+    "timm_tf_efficientnetv2_b0": lambda: timm.create_model("tf_efficientnetv2_b0", num_classes=10),
 }
+# Full-size models whose layers the families above already run at three draws: one draw, 'xla', at 32 px (the
+# suite's time: a 64 px MixNet-S draw in both implementations took 25 s on 2 cores).
+LIGHT = {"timm_mixnet_s", "timm_tf_efficientnetv2_b0"}
+LIGHT_SHAPE = (4, 3, 32, 32)
 # Eager execution compiles each primitive on its own (40-90 s a model on 2 cores), and what it can get wrong is the
 # library's own VJPs (shifted depthwise, pointwise, BatchNorm; see EAGER_IMPLEMENTATIONS), which MobileNetV1 runs
 # at both strides: it runs eagerly. The other families' blocks are built of the same layers.
@@ -94,8 +101,9 @@ def _draw(family: str, draw: int, nudge: bool = True):
     """The torch model (train mode, biases nudged off the kinks for its input), input and labels of one draw."""
     build = GRAD_FAMILIES[family]
     g = torch.Generator().manual_seed(100 + draw)
-    x = torch.randn(GRAD_SHAPE, generator=g)
-    y = torch.randint(0, 10, (GRAD_SHAPE[0],), generator=g)
+    shape = LIGHT_SHAPE if family in LIGHT else GRAD_SHAPE
+    x = torch.randn(shape, generator=g)
+    y = torch.randint(0, 10, (shape[0],), generator=g)
     torch.manual_seed(draw)
     model = randomize_batchnorm(build(), x.shape, seed=draw).train()
     if nudge:
@@ -106,7 +114,7 @@ def _draw(family: str, draw: int, nudge: bool = True):
 @pytest.mark.parametrize("family", list(GRAD_FAMILIES))
 def test_gradients_logits_and_bn_update_as_close_to_float64_as_torch_eager_and_jitted(family):
     # The draws run in one test, so that one worker compiles each family's steps once.
-    for draw in DRAWS:
+    for draw in DRAWS[:1] if family in LIGHT else DRAWS:
         _check_gradients(family, draw)
 
 
@@ -124,7 +132,7 @@ def _check_gradients(family: str, draw: int) -> None:
         stats[name] = _torch_stats(m)
     torch32 = [grads["nchw"], grads["nhwc"]]
     xj, yj = to_nhwc(x), jnp.asarray(y)
-    for implementation in IMPLEMENTATIONS:
+    for implementation in IMPLEMENTATIONS[:1] if family in LIGHT else IMPLEMENTATIONS:
         clone = module.clone(depthwise=implementation)
         modes = {"jit": functools.partial(_value_and_grad, clone)}
         if family in EAGER_FAMILIES and implementation in EAGER_IMPLEMENTATIONS:
@@ -251,11 +259,28 @@ def test_training_trajectory_matches_torch(name):
     _check_trajectory(name, model, batches)
 
 
-def test_training_trajectory_of_edge_residual_and_squeeze_excite_blocks_matches_torch():
-    """timm's test_efficientnet: a conv stem, two fused-MBConv (EdgeResidual) stages, two SE inverted-residual
-    stages, all SiLU, sigmoid gates: the EfficientNet family's blocks through 20 steps of SGD with momentum."""
+def _test_mixnet() -> torch.nn.Module:
+    """A MixNet as small as timm's test_efficientnet, built as a user builds a custom timm EfficientNet: mixed
+    depthwise kernels (3/5/7 and 3/5 in one conv), 1x1 convs split in two groups, SiLU, sigmoid-gated SE."""
+    from timm.models._efficientnet_builder import decode_arch_def
+
+    arch = [["ds_r1_k3_s1_e1_c16"], ["ir_r1_k3.5.7_a1.1_p1.1_s2_e3_c24_se0.25"], ["ir_r2_k3.5_p1.1_s2_e4_c32"]]
+    return timm.models.efficientnet.EfficientNet(decode_arch_def(arch), num_classes=10, stem_size=16,
+                                                 num_features=128, act_layer=torch.nn.SiLU)  # fmt: skip
+
+
+# One 20-step SGD-with-momentum trajectory per block kind beyond MobileNetV1's, every activation smooth (see above).
+TRAJECTORY_MODELS = {
+    # a conv stem, two fused-MBConv (EdgeResidual) stages, two SE inverted-residual stages, sigmoid gates
+    "test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=10),
+    "test_mixnet": _test_mixnet,
+}
+
+
+@pytest.mark.parametrize("name", list(TRAJECTORY_MODELS))
+def test_training_trajectory_of_each_block_kind_matches_torch(name):
     batches = _batches()
-    model = randomize_batchnorm(timm.create_model("test_efficientnet", num_classes=10), batches[0][0])
+    model = randomize_batchnorm(TRAJECTORY_MODELS[name](), batches[0][0])
     _check_trajectory("sgd_momentum", model, batches)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from flax_dsconv import list_models
 from flax_dsconv.tools.bench_workloads import (
     MODELS,
     Settings,
@@ -93,9 +94,9 @@ def peak_gbps(device_kind: str) -> float | None:
 def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> list[Result]:
     """Run every workload ``settings`` names; one :class:`Result` per workload and framework."""
     device, tdtype, torch_sync = torch_setup(settings)
-    unknown = set(settings.models) - set(MODELS)
+    unknown = sorted(set(settings.models) - set(list_models()))
     if unknown:
-        raise ValueError(f"unknown models {sorted(unknown)}; expected some of {list(MODELS)}")
+        raise ValueError(f"unknown models {unknown}; expected names of flax_dsconv.list_models(), e.g. {list(MODELS)}")
     workloads: list[Callable[[], list[Workload]]] = []
     if settings.layers:
         workloads.append(lambda: layer_workloads(settings, device, tdtype))

@@ -184,13 +184,19 @@ def _layer_pair(name: str, flax_layer: Any, torch_layer: Any, x: jax.Array, tx: 
 
 
 def _torch_model(arch: str) -> Any:
+    """The PyTorch twin of ``create_model(arch)``: torch_ref's MobileNetV1 and torchvision's V2/V3 for the
+    builders' names, timm's model for every other name (all of them timm's)."""
     import torchvision
 
     import torch_ref
 
     if arch == "mobilenet_v1":
         return torch_ref.MobileNetV1()
-    return getattr(torchvision.models, arch)()
+    if arch in MODELS:
+        return getattr(torchvision.models, arch)()
+    import timm
+
+    return timm.create_model(arch)
 
 
 def model_workloads(settings: Settings, arch: str, device: Any, tdtype: Any) -> list[Workload]:

@@ -74,6 +74,20 @@ def _count(value: str) -> int:
     return number
 
 
+def _model_name(value: str) -> str:
+    """A ``create_model`` name; a wrong one gets the close names, not all of them."""
+    import difflib
+
+    from flax_dsconv import list_models
+
+    names = list_models()
+    if value not in names:
+        near = difflib.get_close_matches(value, names, n=6, cutoff=0.6)
+        raise argparse.ArgumentTypeError(f"unknown model {value!r}; close names: {', '.join(near) or 'none'} "
+                                         f"(flax_dsconv.list_models() has all {len(names)})")  # fmt: skip
+    return value
+
+
 def _width(value: str) -> float:
     number = float(value)
     if not math.isfinite(number) or number <= 0:
@@ -167,12 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_parity)
 
-    from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS, list_models
+    from flax_dsconv import BUILDERS, DEPTHWISE_IMPLEMENTATIONS
 
     s = add_parser("summary", help="per-layer parameters and mult-adds")
     s.add_argument(
         "--arch",
-        choices=list_models(),
+        type=_model_name,
         default="mobilenet_v1",
         metavar="NAME",
         help="a builder or timm name (flax_dsconv.list_models())",
@@ -205,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.set_defaults(func=_train)
 
     b = add_parser("bench", help="time Flax (jit) against PyTorch eager (and torch.compile) in one process")
-    b.add_argument("--models", nargs="*", choices=sorted(BUILDERS), help="models to time (default: all; none: skip)")
+    b.add_argument("--models", nargs="*", type=_model_name, metavar="NAME",
+                   help="models to time, by create_model name, each against its torch twin (torch_ref's or "
+                        "torchvision's for the builders, timm's for the others; default: the four builders; none: "
+                        "skip)")  # fmt: skip
     b.add_argument("--no-layers", dest="layers", action="store_false", default=None, help="skip the layer rows")
     b.add_argument("--compile", dest="torch_compile", action="store_true", default=None, help="add torch.compile")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
