@@ -82,7 +82,7 @@ def test_a_state_dict_converts_and_exports_by_its_timm_name(name):
 
 
 def test_a_refused_name_is_refused_by_arch_name_with_its_reason():
-    with pytest.raises(ConversionError, match="timm efficientnet_b0_gn is not supported: GroupNorm"):
-        from_torch({}, source="timm", arch="efficientnet_b0_gn")
+    with pytest.raises(ConversionError, match="timm efficientnet_cc_b0_4e is not supported: CondConv"):
+        from_torch({}, source="timm", arch="efficientnet_cc_b0_4e")
     with pytest.raises(ConversionError, match=r"timm has no model 'efficientnet_b9'.*efficientnet_b"):
         from_torch({}, source="timm", arch="efficientnet_b9")
