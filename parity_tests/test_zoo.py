@@ -26,6 +26,7 @@ ODD = (97, 131)
 ODD_SIZE = (
     "efficientnet_b0", "tf_efficientnet_b0", "tf_efficientnet_lite0", "mnasnet_small", "lcnet_100", "fbnetv3_b",
     "efficientnetv2_rw_t", "tf_efficientnetv2_b0", "mobilenet_edgetpu_v2_xs", "mobilenetv4_conv_small",
+    "efficientnet_b0_g8_gn", "test_efficientnet_evos", "gc_efficientnetv2_rw_t",
 )  # fmt: skip
 
 

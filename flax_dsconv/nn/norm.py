@@ -279,7 +279,7 @@ def norm_layer(config: NormConfig, *, train: bool, axis_name: str | None = None,
     per norm. ``train`` picks BatchNorm's batch statistics (the other norms have no running ones).
 
     >>> norm = norm_layer(GroupNormConfig(group_size=8), train=False)
-    >>> y = norm(name="bn1", act="silu")  # a GroupNorm module followed by SiLU
+    >>> bn1 = norm(name="bn1", act="silu")  # a GroupNorm module, SiLU after it
     """
     if isinstance(config, BatchNormConfig):
         return BatchNorm.partial(config, use_running_average=not train, axis_name=axis_name, dtype=dtype)
