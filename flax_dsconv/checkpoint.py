@@ -30,7 +30,7 @@ from flax import linen as nn
 from flax import serialization, traverse_util
 
 from flax_dsconv.models import MobileNet, MobileNetConfig
-from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, separable_in_channels
+from flax_dsconv.nn import DepthwiseSeparableConv, norm_from_dict, norm_to_dict, separable_in_channels
 from flax_dsconv.ops.depthwise import DEPTHWISE_IMPLEMENTATIONS
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
@@ -82,7 +82,7 @@ def _describe(module: nn.Module) -> dict[str, Any]:
         return {"module": "MobileNet", "config": module.config.to_dict(), **_run_fields(module)}
     if isinstance(module, DepthwiseSeparableConv):
         fields = {name: getattr(module, name) for name in _config_fields("DepthwiseSeparableConv")}
-        fields["norm"] = dataclasses.asdict(module.norm)
+        fields["norm"] = norm_to_dict(module.norm)
         return {"module": "DepthwiseSeparableConv", "config": fields, **_run_fields(module)}
     raise ValueError(f"cannot save {type(module).__name__}: expected a MobileNet or DepthwiseSeparableConv")
 
@@ -260,7 +260,7 @@ def _build_module(info: dict[str, Any], path: Path) -> nn.Module:
         if name == "MobileNet":
             return MobileNet(MobileNetConfig.from_dict(config), **run)
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}  # JSON lists
-        values["norm"] = BatchNormConfig(**config.get("norm", {}))
+        values["norm"] = norm_from_dict(config.get("norm", {}))
         return DepthwiseSeparableConv(**values, **run)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ValueError(f"{path}: the config does not describe a {name}: {type(e).__name__}: {e}") from e

@@ -39,6 +39,26 @@ def test_load_reads_saves_written_before_block_configs_had_types(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded_variables, variables)
 
 
+@pytest.mark.parametrize("name", ["test_efficientnet_gn", "test_efficientnet_ln", "test_efficientnet_evos",
+                                  "gc_efficientnetv2_rw_t", "efficientnet_b0_g8_gn"])  # fmt: skip
+def test_a_model_with_another_norm_grouped_convs_or_global_context_round_trips_through_save_and_load(tmp_path, name):
+    model = flax_dsconv.create_model(name, num_classes=10)
+    flax_dsconv.save(tmp_path, model, random_variables(model, jnp.ones((1, 32, 32, 3))))
+    loaded, _ = flax_dsconv.load(tmp_path)
+    assert loaded.config == model.config
+
+
+def test_a_saved_norm_without_a_kind_is_a_batchnorm():
+    """Saves from before GroupNorm and the others wrote the norm as BatchNormConfig's fields alone."""
+    from flax_dsconv.nn import BatchNormConfig
+
+    config = flax_dsconv.mobilenet_v2(0.5).config
+    data = config.to_dict()
+    assert data["norm"].pop("kind") == "batch"
+    assert MobileNetConfig.from_dict(data) == config
+    assert MobileNetConfig.from_dict(data).norm == BatchNormConfig(0.9, 1e-5)
+
+
 def _mixnet_like() -> flax_dsconv.MobileNet:
     mixed = (
         (SeparableConfig(out_channels=16, kernel_size=5, kernel_sizes=(3, 5), project_splits=2),),

@@ -26,6 +26,7 @@ ODD = (97, 131)
 ODD_SIZE = (
     "efficientnet_b0", "tf_efficientnet_b0", "tf_efficientnet_lite0", "mnasnet_small", "lcnet_100", "fbnetv3_b",
     "efficientnetv2_rw_t", "tf_efficientnetv2_b0", "mobilenet_edgetpu_v2_xs", "mobilenetv4_conv_small",
+    "efficientnet_b0_g8_gn", "test_efficientnet_evos", "gc_efficientnetv2_rw_t",
 )  # fmt: skip
 
 
@@ -82,7 +83,7 @@ def test_a_state_dict_converts_and_exports_by_its_timm_name(name):
 
 
 def test_a_refused_name_is_refused_by_arch_name_with_its_reason():
-    with pytest.raises(ConversionError, match="timm efficientnet_b0_gn is not supported: GroupNorm"):
-        from_torch({}, source="timm", arch="efficientnet_b0_gn")
+    with pytest.raises(ConversionError, match="timm efficientnet_cc_b0_4e is not supported: CondConv"):
+        from_torch({}, source="timm", arch="efficientnet_cc_b0_4e")
     with pytest.raises(ConversionError, match=r"timm has no model 'efficientnet_b9'.*efficientnet_b"):
         from_torch({}, source="timm", arch="efficientnet_b9")

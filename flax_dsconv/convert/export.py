@@ -17,7 +17,7 @@ from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import LEAF_NAMES, TO_TORCH, Variables, check_keys, plan
 from flax_dsconv.convert.protocol import check_arguments, describe, reader_for
 from flax_dsconv.models import MobileNet
-from flax_dsconv.nn import DepthwiseSeparableConv
+from flax_dsconv.nn import BatchNormConfig, DepthwiseSeparableConv, NormConfig
 from flax_dsconv.shapes import abstract_variables, listed, misfits
 
 if TYPE_CHECKING:
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 _NOT_COMPARED = "dropout, BatchNorm momentum and running-variance rule, dtype, depthwise implementation, axis_name"
 
 
+def _norm_fields(norm: NormConfig) -> dict[str, Any]:
+    """A norm's settings that change eval-mode outputs: BatchNorm's epsilon, any other norm whole."""
+    return {"BatchNorm epsilon": norm.epsilon} if isinstance(norm, BatchNormConfig) else {"norm": norm}
+
+
 def _computation(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, MobileNet):
         c = module.config
@@ -38,12 +43,12 @@ def _computation(module: nn.Module) -> dict[str, Any]:
         }
         fields["number of blocks"] = len(c.blocks)
         fields.update({f"block {i}": b for i, b in enumerate(c.blocks)})
-        fields["BatchNorm epsilon"] = c.norm.epsilon
+        fields.update(_norm_fields(c.norm))
         return fields
     if isinstance(module, DepthwiseSeparableConv):
         skip = ("parent", "name", "norm", "axis_name", "dtype", "depthwise")
         fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in skip}
-        return {**fields, "BatchNorm epsilon": module.norm.epsilon}
+        return {**fields, **_norm_fields(module.norm)}
     raise ConversionError(
         f"no torch counterpart for {type(module).__name__}; expected a MobileNet or DepthwiseSeparableConv"
     )

@@ -28,6 +28,7 @@ LEAF_NAMES = {
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
     ("params", "gamma"): "gamma",  # LayerScale: timm's LayerScale2d holds its per-channel scale as `gamma` too
+    ("params", "v"): "v",  # EvoNorm-S0's nonlinearity, as timm's EvoNorm2dS0 names it
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }

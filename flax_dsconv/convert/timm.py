@@ -15,7 +15,7 @@ from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
 from flax_dsconv.convert.timm_zoo import ZOO_MODULES, refused_reason, zoo_names
-from flax_dsconv.convert.torch_layers import TorchReader, expect_type
+from flax_dsconv.convert.torch_layers import CONVS, TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
 from flax_dsconv.nn import (
     BlockConfig,
@@ -27,6 +27,7 @@ from flax_dsconv.nn import (
     UniversalInvertedResidualConfig,
     split_channels,
 )
+from flax_dsconv.nn.global_context import GC_EPSILON
 from flax_dsconv.ops.activations import Activation
 
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
@@ -42,12 +43,42 @@ def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
     if se is None or type(se).__name__ == "Identity":
         r.identity(se, f"{where}.se")
         return {}
-    expect_type(se, f"{where}.se", ("SqueezeExcite",), "squeeze-excite")
+    if type(se).__name__ == "GlobalContext":
+        return _global_context(r, se, f"{where}.se")
+    expect_type(se, f"{where}.se", ("SqueezeExcite", "GlobalContext"), "squeeze-excite")
     r.claim(se, f"{where}.se")
     reduce = r.conv(se.conv_reduce, f"{where}.se.conv_reduce", kernel=1, stride=1)
     r.conv(se.conv_expand, f"{where}.se.conv_expand", kernel=1, stride=1)
     return dict(se_channels=reduce["out"], se_act=r.act(se.act1, f"{where}.se.act1"),
                 se_gate=r.act(se.gate, f"{where}.se.gate"))  # fmt: skip
+
+
+def _global_context(r: TorchReader, gc: Any, where: str) -> dict[str, Any]:
+    """timm's ``GlobalContext`` in its default scaling form (``conv_attn``, ``mlp_scale``: ``fc1``, LayerNorm2d,
+    act, ``fc2``; ``gate``), as the Flax :class:`~flax_dsconv.nn.GlobalContext` computes it."""
+    if gc.conv_attn is None or gc.mlp_add is not None or gc.mlp_scale is None:
+        raise ConversionError(f"{where}: GlobalContext with use_attn={gc.conv_attn is not None}, fuse_add="
+                              f"{gc.mlp_add is not None}, fuse_scale={gc.mlp_scale is not None}; expected "
+                              "attention pooling and the scaling MLP only (timm's defaults)")  # fmt: skip
+    r.claim(gc, where)
+    attn = r.conv(gc.conv_attn, f"{where}.conv_attn", kernel=1, stride=1)
+    mlp = gc.mlp_scale
+    expect_type(mlp, f"{where}.mlp_scale", ("ConvMlp",), "a 1x1-conv MLP")
+    fc1 = r.conv(mlp.fc1, f"{where}.mlp_scale.fc1", kernel=1, stride=1)
+    fc2 = r.conv(mlp.fc2, f"{where}.mlp_scale.fc2", kernel=1, stride=1)
+    if (attn["out"], attn["bias"], fc1["bias"], fc2["bias"]) != (1, True, True, True):
+        raise ConversionError(f"{where}: conv_attn to {attn['out']} channels, biases (conv_attn, fc1, fc2) "
+                              f"{attn['bias'], fc1['bias'], fc2['bias']}; expected 1 channel and biases throughout")
+    norm = mlp.norm
+    expect_type(norm, f"{where}.mlp_scale.norm", ("LayerNorm2d",), "a LayerNorm over channels")
+    if norm.eps != GC_EPSILON or not norm.elementwise_affine or norm.bias is None:
+        raise ConversionError(f"{where}.mlp_scale.norm: LayerNorm2d eps={norm.eps:g}, elementwise_affine="
+                              f"{norm.elementwise_affine}; expected eps={GC_EPSILON:g}, affine with bias")
+    r.claim(norm, f"{where}.mlp_scale.norm")
+    if r.dropout(mlp.drop, f"{where}.mlp_scale.drop"):
+        raise ConversionError(f"{where}.mlp_scale.drop: dropout {mlp.drop.p} inside the attention; expected 0")
+    return dict(se_channels=fc1["out"], se_act=r.act(mlp.act, f"{where}.mlp_scale.act"),
+                se_gate=r.act(gc.gate, f"{where}.gate"), se_kind="gc")  # fmt: skip
 
 
 def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False
@@ -58,7 +89,9 @@ def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, poi
     ``ks`` holds each group's kernel size, ``splits`` their number and ``k`` the largest."""
     checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise)
     if type(conv).__name__ != "MixedConv2d":
-        return {**r.conv(conv, where, **checks), "ks": (), "splits": 1}
+        if depthwise and type(conv).__name__ in CONVS and conv.groups not in (1, conv.in_channels):
+            return _grouped_depthwise(r, conv, where)  # timm's group_size (the _g8/_g16 models)
+        return {**r.conv(conv, where, **checks), "ks": (), "splits": 1, "gs": 1}
     r.claim(conv, where)
     names = list(conv.keys())
     if names != [str(i) for i in range(len(names))] or len(names) < 2:
@@ -75,7 +108,16 @@ def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, poi
         if len({p[key] for p in parts}) > 1:
             raise ConversionError(f"{where}: MixedConv2d groups differ in {what}: {[p[key] for p in parts]}")
     ks = tuple(p["k"] for p in parts)
-    return {**parts[0], "out": sum(outs), "k": max(ks), "ks": () if pointwise else ks, "splits": len(parts)}
+    return {**parts[0], "out": sum(outs), "k": max(ks), "ks": () if pointwise else ks, "splits": len(parts), "gs": 1}
+
+
+def _grouped_depthwise(r: TorchReader, conv: Any, where: str) -> dict[str, Any]:
+    """A block's k x k conv in groups of ``gs`` channels, as many in as out (timm's ``group_size``)."""
+    read = r.conv(conv, where, grouped=True)
+    if conv.out_channels != conv.in_channels:
+        raise ConversionError(f"{where}: groups={conv.groups}, in={conv.in_channels}, out={conv.out_channels}; "
+                              "expected a depthwise or grouped conv with as many out channels as in")  # fmt: skip
+    return {**read, "ks": (), "splits": 1, "gs": conv.in_channels // conv.groups}
 
 
 def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[str, Any], Activation]:
@@ -159,7 +201,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
             raise ConversionError(f"{where}.bn2.act: pointwise activation {pw_act} differs from {act}")
         return SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                act=act, pw_act=pw_act != "identity", skip=blk.has_skip, kernel_sizes=dw["ks"],
-                               project_splits=pw["splits"], **se)  # fmt: skip
+                               project_splits=pw["splits"], group_size=dw["gs"], **se)  # fmt: skip
     if name == "InvertedResidual":
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
@@ -174,7 +216,8 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                                   "projection")  # fmt: skip
         return InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                       expand_channels=pw["out"], act=act, skip=blk.has_skip, kernel_sizes=dw["ks"],
-                                      expand_splits=pw["splits"], project_splits=pwl["splits"], **se)  # fmt: skip
+                                      expand_splits=pw["splits"], project_splits=pwl["splits"], group_size=dw["gs"],
+                                      **se)  # fmt: skip
     if name == "EdgeResidual":
         # timm's force_in_chs (EdgeTPU's first block) changes only the expansion width and noskip only has_skip,
         # both read off the module. A pw_kernel_size other than 1 (no timm model has one) fails the 1x1 check.

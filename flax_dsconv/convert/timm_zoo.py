@@ -11,10 +11,6 @@ ZOO_MODULES = ("mobilenetv3", "efficientnet", "hardcorenas")
 
 # What the reader refuses, and the timm models that need it. Each raises a ConversionError naming the module.
 REFUSED: dict[str, tuple[str, ...]] = {
-    "GroupNorm, EvoNorm-S0 or LayerNorm in place of BatchNorm": (
-        "efficientnet_b0_g16_evos", "efficientnet_b0_g8_gn", "efficientnet_b0_gn", "efficientnet_b3_g8_gn",
-        "efficientnet_b3_gn", "test_efficientnet_evos", "test_efficientnet_gn", "test_efficientnet_ln",
-    ),
     "anti-aliased downsampling (BlurPool2d, or AvgPool2d before a stride-1 conv)": (
         "efficientnet_blur_b0", "mobilenetv4_conv_aa_large", "mobilenetv4_conv_aa_medium",
         "mobilenetv4_conv_blur_medium",
@@ -26,7 +22,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),
-    "GlobalContext attention in place of squeeze-excite": ("gc_efficientnetv2_rw_t",),
     "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
         "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
         "mobilenetv4_hybrid_medium_075",

@@ -8,7 +8,8 @@ from typing import Any
 
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.models.config import Padding
-from flax_dsconv.nn import BatchNormConfig
+from flax_dsconv.nn import BatchNormConfig, EvoNormS0Config, GroupNormConfig, LayerNormConfig, NormConfig
+from flax_dsconv.nn.norm import EVONORM_ACT
 from flax_dsconv.ops.activations import Activation
 from flax_dsconv.shapes import listed
 
@@ -50,6 +51,25 @@ def check_zero_padding(conv: Any, where: str) -> None:
 # The torch classes each rule accepts (by class name, so that timm's subclasses and their lookalikes are explicit).
 CONVS = ("Conv2d", "Conv2dSame")
 NORMS = ("BatchNorm2d", "BatchNormAct2d")
+# timm's other norm-act layers a model may use in place of BatchNorm (norm_layer=), each holding its activation.
+OTHER_NORMS = ("GroupNormAct", "LayerNormAct2d", "EvoNorm2dS0")
+
+
+def _other_norm(norm: Any, where: str) -> tuple[str, float, int, int]:
+    """A GroupNormAct / LayerNormAct2d / EvoNorm2dS0's kind, epsilon, group count and channels (one group for
+    LayerNorm), checking it is affine over NCHW channels."""
+    name = type(norm).__name__
+    if name == "LayerNormAct2d":
+        if not norm.elementwise_affine or norm.bias is None or len(norm.normalized_shape) != 1:
+            raise ConversionError(f"{where}: LayerNormAct2d with elementwise_affine={norm.elementwise_affine}, "
+                                  f"bias={norm.bias is not None}, normalized_shape={tuple(norm.normalized_shape)}; "
+                                  "expected an affine norm over the channels")  # fmt: skip
+        return "layer", norm.eps, 1, norm.normalized_shape[0]
+    if name == "GroupNormAct":
+        if not norm.affine:
+            raise ConversionError(f"{where}: GroupNormAct with affine=False; expected affine")
+        return "group", norm.eps, norm.num_groups, norm.num_channels
+    return "evonorm_s0", norm.eps, norm.groups, norm.weight.shape[0]
 
 
 def expect_type(module: Any, where: str, names: tuple[str, ...], what: str) -> None:
@@ -70,6 +90,7 @@ class TorchReader:
 
     def __init__(self) -> None:
         self.norms: dict[BatchNormConfig, list[str]] = {}  # each setting and the paths that have it
+        self.other_norms: list[tuple[str, tuple[str, float, int, int]]] = []  # (path, _other_norm's reading)
         self.paddings: set[Padding] = set()
         self.claimed: dict[int, str] = {}
 
@@ -107,9 +128,18 @@ class TorchReader:
         return dict(out=conv.out_channels, k=k, s=s, d=d, groups=conv.groups, bias=conv.bias is not None)
 
     def bn(self, bn: Any, where: str) -> Activation:
-        """A BatchNorm (torch's, or timm's BatchNormAct2d with its activation inside); returns that activation
-        (``'identity'`` for a plain BatchNorm2d)."""
-        expect_type(bn, where, NORMS, "a BatchNorm")
+        """A model's norm: a BatchNorm (torch's, or timm's BatchNormAct2d with its activation inside), or timm's
+        GroupNormAct, LayerNormAct2d or EvoNorm2dS0 in its place; returns the activation inside (``'identity'``
+        for a plain BatchNorm2d; an EvoNorm2dS0's own nonlinearity reads as ``'silu'``, see
+        :class:`~flax_dsconv.nn.EvoNormS0`)."""
+        if type(bn).__name__ in OTHER_NORMS:
+            self.other_norms.append((where, _other_norm(bn, where)))
+            self.claim(bn, where)
+            if type(bn).__name__ == "EvoNorm2dS0":
+                return EVONORM_ACT if bn.apply_act else "identity"
+            self.identity(bn.drop, f"{where}.drop")
+            return self.act(bn.act, f"{where}.act")
+        expect_type(bn, where, NORMS + OTHER_NORMS, "a norm")
         if not (bn.affine and bn.track_running_stats):
             raise ConversionError(f"{where}: BatchNorm with affine={bn.affine}, track_running_stats="
                                   f"{bn.track_running_stats}; expected both True")  # fmt: skip
@@ -187,13 +217,44 @@ class TorchReader:
             raise ConversionError(f"model mixes TF 'SAME' and torch padding on strided convs: {self.paddings}")
         return next(iter(self.paddings), "torch")
 
-    def norm(self) -> BatchNormConfig:
+    def norm(self) -> NormConfig:
+        if self.other_norms:
+            return self._other_norm()
         if len(self.norms) != 1:
             found = [f"eps={n.epsilon:g}, momentum={1 - n.momentum:g} at {listed(paths, 3)}"
                      for n, paths in sorted(self.norms.items(), key=lambda item: -len(item[1]))]  # fmt: skip
             raise ConversionError(f"expected one BatchNorm setting across the model, found {len(found)}: "
                                   + "; ".join(found))  # fmt: skip
         return next(iter(self.norms))
+
+    def _other_norm(self) -> NormConfig:
+        """The one GroupNorm / LayerNorm / EvoNorm-S0 setting of every norm: one kind and epsilon, and one group
+        size (``group_size``; preferred) or else one group count (``groups``) for all."""
+        readings = self.other_norms
+        if self.norms:
+            batch = [w for paths in self.norms.values() for w in paths]
+            raise ConversionError(f"model mixes BatchNorm ({listed(batch, 3)}) and "
+                                  f"{readings[0][1][0]} norms ({listed([w for w, _ in readings], 3)}); expected one "
+                                  "kind")  # fmt: skip
+        settings: dict[tuple[str, float], list[str]] = {}
+        for where, (kind, eps, _, _) in readings:
+            settings.setdefault((kind, eps), []).append(where)
+        if len(settings) != 1:
+            found = [f"{kind} eps={eps:g} at {listed(paths, 3)}" for (kind, eps), paths in settings.items()]
+            raise ConversionError(f"expected one norm setting across the model, found {len(found)}: "
+                                  + "; ".join(found))  # fmt: skip
+        (kind, eps), = settings
+        if kind == "layer":
+            return LayerNormConfig(epsilon=eps)
+        config = GroupNormConfig if kind == "group" else EvoNormS0Config
+        sizes = {channels // groups for _, (_, _, groups, channels) in readings}
+        counts = {groups for _, (_, _, groups, _) in readings}
+        if len(sizes) == 1:
+            return config(group_size=sizes.pop(), epsilon=eps)
+        if len(counts) == 1:
+            return config(groups=counts.pop(), epsilon=eps)
+        found = [f"{where}: {groups} groups of {channels // groups}" for where, (_, _, groups, channels) in readings]
+        raise ConversionError(f"{kind} norms with neither one group size nor one group count: {listed(found, 4)}")
 
 
 def must_be_claimed(module: Any) -> bool:

@@ -101,6 +101,9 @@ class TorchRefReader:
     def export_target(
         self, module: nn.Module, variables: Variables, arch: str | None, config: dict[str, Any]
     ) -> tuple[str | None, dict[str, Any]]:
+        norm = module.norm if isinstance(module, DepthwiseSeparableConv) else module.config.norm
+        if not isinstance(norm, BatchNormConfig):
+            raise ConversionError(f"torch_ref's models have BatchNorm only; this module has {norm}")
         if isinstance(module, DepthwiseSeparableConv):
             channels = separable_in_channels(variables)
             if channels is None:
@@ -112,13 +115,13 @@ class TorchRefReader:
             if arch == "dsconv":
                 base["padding"] = module.padding
             else:
-                base.update(act=module.act, bn_eps=module.norm.epsilon, bn_momentum=1.0 - module.norm.momentum)
+                base.update(act=module.act, bn_eps=norm.epsilon, bn_momentum=1.0 - norm.momentum)
             return arch, base
         assert isinstance(module, MobileNet)
         c = module.config
         base = dict(num_classes=c.num_classes, width_multiplier=c.blocks[-1].out_channels / 1024, act=c.stem_act,
                     dropout=c.dropout, separable=c.blocks[0].kind == "ds", in_channels=c.in_channels,
-                    bn_eps=c.norm.epsilon, bn_momentum=1.0 - c.norm.momentum)  # fmt: skip
+                    bn_eps=norm.epsilon, bn_momentum=1.0 - norm.momentum)  # fmt: skip
         return arch or "mobilenet_v1", base
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-from flax_dsconv.nn.norm import BatchNormConfig
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_from_dict, norm_to_dict
 from flax_dsconv.nn.registry import BlockConfig, block_from_dict, block_to_dict
 from flax_dsconv.ops.activations import Activation
 
@@ -43,7 +43,8 @@ class MobileNetConfig:
     ``'post_pool'`` (1x1 conv after pooling, then act, V3's Linear(960, 1280) + hard-swish), with a BatchNorm
     between conv and act when ``head_norm`` (V4's ``norm_head``, on the pooled 1x1 map: in train mode it
     normalises over the batch alone, so it needs a batch of 2 or more, as in torch).
-    ``padding``: ``'torch'`` (symmetric) or ``'SAME'`` (TF-ported weights)."""
+    ``padding``: ``'torch'`` (symmetric) or ``'SAME'`` (TF-ported weights). ``norm``: every norm's kind and
+    settings (:data:`~flax_dsconv.nn.norm.NormConfig`: BatchNorm, GroupNorm, LayerNorm or EvoNorm-S0)."""
 
     stages: tuple[tuple[BlockConfig, ...], ...]
     stem_channels: int = 32
@@ -59,7 +60,7 @@ class MobileNetConfig:
     dropout: float = 0.0
     in_channels: int = 3
     padding: Padding = "torch"
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "in_channels", "stem_channels", "stem_kernel", "stem_stride", "head_channels"):
@@ -105,13 +106,14 @@ class MobileNetConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["stages"] = [[block_to_dict(b) for b in stage] for stage in self.stages]
-        d["norm"] = dataclasses.asdict(self.norm)
+        d["norm"] = norm_to_dict(self.norm)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MobileNetConfig:
-        """The config :meth:`to_dict` wrote; fields added since (``head_norm``) take their defaults when absent."""
+        """The config :meth:`to_dict` wrote; fields added since (``head_norm``) take their defaults when absent, and
+        a ``norm`` without ``kind`` (saves from before GroupNorm and the others) is a BatchNorm's."""
         d = dict(d)
         d["stages"] = tuple(tuple(block_from_dict(b) for b in stage) for stage in d["stages"])
-        d["norm"] = BatchNormConfig(**d["norm"])
+        d["norm"] = norm_from_dict(d["norm"])
         return cls(**d)

@@ -15,7 +15,14 @@ from typing import Any
 
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.models.table import CONV, DS, EFFICIENTNET_SE, ER, IR, TF_PORT, Recipe, Table, build
-from flax_dsconv.nn import InvertedResidualConfig, SeparableConfig
+from flax_dsconv.nn import (
+    EvoNormS0Config,
+    GroupNormConfig,
+    InvertedResidualConfig,
+    LayerNormConfig,
+    NormConfig,
+    SeparableConfig,
+)
 
 # EfficientNet-B0, Table 1: MBConv1 (no expansion: a depthwise separable block), then MBConv6; SE 0.25 throughout.
 B0_TABLE: Table = (
@@ -40,6 +47,15 @@ EDGE_TABLE: Table = (
     (IR(out=192, repeats=2, kernel=5, stride=2, expand=8),),
 )
 
+# timm's test_efficientnet: a minimal EfficientNet (a conv, two fused and two SE MBConvs) for its norm experiments.
+TEST_TABLE: Table = (
+    (CONV(out=16, kernel=3, skip=True),),
+    (ER(out=24, stride=2, expand=4),),
+    (ER(out=32, stride=2, expand=4),),
+    (IR(out=48, stride=2, expand=4, se=0.25),),
+    (IR(out=64, stride=2, expand=4, se=0.25),),
+)
+
 # B0's: SiLU, a 32-channel stem and a 1280 head before pooling, both width-scaled; repeats ceiled.
 EFFICIENTNET = Recipe(stem=32, act="silu", se=EFFICIENTNET_SE, head="pre_pool", head_channels=1280,
                       head_scaling="width")  # fmt: skip
@@ -49,6 +65,8 @@ LITE = dataclasses.replace(EFFICIENTNET, act="relu6", fix_stem_below=math.inf, h
 EDGETPU_S = dataclasses.replace(EFFICIENTNET, act="relu")
 # TinyNet: B0 shrunk; repeats rounded (not ceiled) so single-block stages stay single, stem fixed, head >= 1280.
 TINYNET = dataclasses.replace(EFFICIENTNET, fix_stem_below=math.inf, head_scaling="up", depth_trunc="round")
+# test_efficientnet: a 24-channel stem, a 256 head, widths rounded to the nearest multiple of 8.
+TEST = dataclasses.replace(EFFICIENTNET, stem=24, head_channels=256, round_limit=0.0)
 
 
 def efficientnet(
@@ -57,17 +75,24 @@ def efficientnet(
     num_classes: int = 1000,
     *,
     tf: bool = False,
+    norm: NormConfig | None = None,
+    group_size: int = 1,
+    divisor: int = 8,
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
 ) -> MobileNet:
     """EfficientNet as timm builds it: B0's table, SiLU (swish), squeeze-excite, scaled by the compound
     coefficients (B1 is ``(1.0, 1.1)``, B7 ``(2.0, 3.1)``: see ``EFFICIENTNET_SCALES``). ``tf=True`` matches the
-    TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3).
+    TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3). timm's experiments:
+    ``norm`` in place of BatchNorm (e.g. ``GroupNormConfig(group_size=8)``), ``group_size`` channels per group in
+    the depthwise convs (grouped convs), widths rounded to multiples of ``divisor``.
 
     >>> model = efficientnet(1.2, 1.4, num_classes=10)  # B3
+    >>> model = efficientnet(norm=GroupNormConfig(group_size=8), group_size=8)  # timm's efficientnet_b0_g8_gn
     """
-    return build(B0_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+    recipe = dataclasses.replace(EFFICIENTNET, norm=norm, group_size=group_size, divisor=divisor)
+    return build(B0_TABLE, recipe, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
                  in_channels=in_channels, dtype=dtype, where="efficientnet", **(TF_PORT if tf else {}))  # fmt: skip
 
 
@@ -180,32 +205,20 @@ PRUNED_WIDTHS: dict[str, tuple[tuple[int, int, int], ...]] = {
     ),
 }
 
-# timm's minimal test model: a dense conv block, two fused and two SE inverted residuals; widths rounded to the
-# nearest multiple of 8 (round_limit 0), a 256 head.
-TEST_TABLE: Table = (
-    (CONV(out=16, kernel=3, skip=True),),
-    (ER(out=24, stride=2, expand=4),),
-    (ER(out=32, stride=2, expand=4),),
-    (IR(out=48, stride=2, expand=4, se=0.25),),
-    (IR(out=64, stride=2, expand=4, se=0.25),),
-)
-TEST = dataclasses.replace(EFFICIENTNET, stem=24, head_channels=256, round_limit=0.0)
-
-
 def efficientnet_test(
-    width_multiplier: float = 1.0,
-    depth_multiplier: float = 1.0,
+    norm: NormConfig | None = None,
     num_classes: int = 1000,
     *,
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
 ) -> MobileNet:
-    """timm's ``test_efficientnet``: five one-block stages (a few hundred thousand parameters) for tests.
+    """timm's ``test_efficientnet``: a conv, two fused MBConvs and two SE MBConvs, SiLU, a 256 head; ``norm`` in
+    place of BatchNorm (timm's ``test_efficientnet_gn/ln/evos``).
 
-    >>> model = efficientnet_test(num_classes=10)
+    >>> model = efficientnet_test(LayerNormConfig())  # test_efficientnet_ln
     """
-    return build(TEST_TABLE, TEST, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+    return build(TEST_TABLE, dataclasses.replace(TEST, norm=norm), num_classes=num_classes, dropout=dropout,
                  in_channels=in_channels, dtype=dtype, where="test_efficientnet")  # fmt: skip
 
 
@@ -235,5 +248,17 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},
     **{f"efficientnet_{tag}_pruned": functools.partial(efficientnet_pruned, tag) for tag in PRUNED_WIDTHS},
+    # timm's GroupNorm / grouped-conv experiments. Despite its name, _g16_evos has BatchNorm (timm leaves its
+    # EvoNorm commented out): grouped convs of 16 and widths in multiples of 16.
+    "efficientnet_b0_gn": functools.partial(efficientnet, norm=GroupNormConfig(group_size=8)),
+    "efficientnet_b0_g8_gn": functools.partial(efficientnet, norm=GroupNormConfig(group_size=8), group_size=8),
+    "efficientnet_b0_g16_evos": functools.partial(efficientnet, group_size=16, divisor=16),
+    "efficientnet_b3_gn": functools.partial(efficientnet, *EFFICIENTNET_SCALES["b3"],
+                                            norm=GroupNormConfig(group_size=16), divisor=16),
+    "efficientnet_b3_g8_gn": functools.partial(efficientnet, *EFFICIENTNET_SCALES["b3"],
+                                               norm=GroupNormConfig(group_size=16), group_size=8, divisor=16),
     "test_efficientnet": efficientnet_test,
+    "test_efficientnet_gn": functools.partial(efficientnet_test, GroupNormConfig(group_size=8)),
+    "test_efficientnet_ln": functools.partial(efficientnet_test, LayerNormConfig()),
+    "test_efficientnet_evos": functools.partial(efficientnet_test, EvoNormS0Config(group_size=8)),
 }  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from flax_dsconv.models.efficientnet import EFFICIENTNET
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.models.table import CONV, ER, IR, TF_PORT, Recipe, Stage, Table, build
+from flax_dsconv.nn.global_context import SeKind
 
 
 def _conv(repeats: int, out: int) -> Stage:
@@ -78,25 +79,30 @@ def efficientnet_v2(
     num_classes: int = 1000,
     *,
     tf: bool = False,
+    se_kind: SeKind = "se",
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
 ) -> MobileNet:
     """EfficientNetV2 as timm builds it: ``variant`` ``'b'`` (B0; B1-B3 by the multipliers), ``'s'``, ``'m'``,
     ``'l'``, ``'xl'``, or ``'rw_s'`` (timm's early V2-S); ``depth_multiplier`` is one for all stages or one per
-    stage. ``tf=True`` matches the TF-ported weights (SAME padding, BatchNorm epsilon 1e-3).
+    stage. ``tf=True`` matches the TF-ported weights (SAME padding, BatchNorm epsilon 1e-3). ``se_kind='gc'``:
+    global context attention in place of squeeze-excite (timm's ``gc_efficientnetv2_rw_t``).
 
     >>> model = efficientnet_v2("b", 1.1, 1.2, num_classes=10, tf=True)  # V2-B2
     """
     if variant not in ARCHS:
         raise ValueError(f"efficientnet_v2: variant must be one of {sorted(ARCHS)}, got {variant!r}")
-    return build(*ARCHS[variant], width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+    table, recipe = ARCHS[variant]
+    recipe = dataclasses.replace(recipe, se=dataclasses.replace(recipe.se, kind=se_kind))
+    return build(table, recipe, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
                  in_channels=in_channels, dtype=dtype, where="efficientnet_v2", **(TF_PORT if tf else {}))  # fmt: skip
 
 
 # timm's names: its own rw_ models (PyTorch padding), the reference models with PyTorch padding and as TF ports.
 TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
     "efficientnetv2_rw_t": functools.partial(efficientnet_v2, "s", 0.8, 0.9),
+    "gc_efficientnetv2_rw_t": functools.partial(efficientnet_v2, "s", 0.8, 0.9, se_kind="gc"),
     "efficientnetv2_rw_s": functools.partial(efficientnet_v2, "rw_s"),
     "efficientnetv2_rw_m": functools.partial(efficientnet_v2, "rw_s", 1.2, (1.2,) * 4 + (1.6,) * 2),
     **{f"{p}efficientnetv2_{v}": functools.partial(efficientnet_v2, v, tf=p == "tf_")

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 # Importing the package registers every block kind with flax_dsconv.nn.registry.
 from flax_dsconv.models.config import MobileNetConfig
-from flax_dsconv.nn import BatchNorm, BlockContext, PointwiseConv, build_block, full_conv
+from flax_dsconv.nn import BlockContext, PointwiseConv, build_block, full_conv, norm_layer
 from flax_dsconv.nn.common import check_nhwc
 from flax_dsconv.ops.activations import activation
 
@@ -42,10 +42,10 @@ class MobileNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = self.config
         check_nhwc(x, c.in_channels, "MobileNet")
-        norm = BatchNorm.partial(c.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        norm = norm_layer(c.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         context = BlockContext(c.padding, c.norm, self.axis_name, self.dtype, self.depthwise)
         x = full_conv(c.stem_channels, c.stem_kernel, c.stem_stride, c.padding, dtype=self.dtype, name="conv_stem")(x)
-        x = activation(c.stem_act)(norm(name="bn1")(x))
+        x = norm(name="bn1", act=c.stem_act)(x)
         self.sow("intermediates", "stem", x)
         for s, stage in enumerate(c.stages):
             for i, block in enumerate(stage):
@@ -53,13 +53,11 @@ class MobileNet(nn.Module):
             self.sow("intermediates", f"stage{s}", x)
         if c.head == "pre_pool":
             x = PointwiseConv(c.head_channels, use_bias=c.head_bias, dtype=self.dtype, name="conv_head")(x)
-            x = activation(c.head_act)(norm(name="bn2")(x))
+            x = norm(name="bn2", act=c.head_act)(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         if c.head == "post_pool":
             x = PointwiseConv(c.head_channels, use_bias=c.head_bias, dtype=self.dtype, name="conv_head")(x)
-            if c.head_norm:
-                x = norm(name="norm_head")(x)
-            x = activation(c.head_act)(x)
+            x = norm(name="norm_head", act=c.head_act)(x) if c.head_norm else activation(c.head_act)(x)
         x = x.reshape(x.shape[0], x.shape[-1])  # the pooled map is 1x1 (an explicit size: batch 0 works too)
         self.sow("intermediates", "pre_logits", x)
         if not c.num_classes:

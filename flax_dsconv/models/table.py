@@ -21,9 +21,11 @@ from flax_dsconv.nn import (
     ConvBNActConfig,
     EdgeResidualConfig,
     InvertedResidualConfig,
+    NormConfig,
     SeparableConfig,
     UniversalInvertedResidualConfig,
 )
+from flax_dsconv.nn.global_context import SeKind
 from flax_dsconv.ops.activations import Activation
 
 BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
@@ -94,12 +96,14 @@ class SqueezeExciteRule:
     """How a family sizes its squeeze-excite. The reduced width is ``ratio · expanded width`` when
     ``from_expansion`` (MobileNetV3), else ``ratio · block input`` measured on the expanded width, i.e.
     ``(ratio / expand) · expanded width`` (MnasNet, FBNetV3); rounded by ``make_divisible`` when ``divisible``,
-    else to the nearest integer. ``act``: the SE's activation, None for the block's."""
+    else to the nearest integer. ``act``: the SE's activation, None for the block's. ``kind``: ``'se'``, or
+    ``'gc'`` for timm's GlobalContext in its place (which rounds half up, ``make_divisible(·, 1, 0)``)."""
 
     from_expansion: bool
     divisible: bool
     act: Activation | None = "relu"
     gate: Activation = "hard_sigmoid"
+    kind: SeKind = "se"
 
 
 # timm's EfficientNet class (EfficientNet, MnasNet, FBNet, ...): a sigmoid-gated SE with the block's activation,
@@ -118,7 +122,11 @@ class Recipe:
     ``'post_pool'`` (the MobileNetV3 class), ``head_channels`` wide, width-scaled as ``head_scaling`` says
     (``'none'``: kept, ``'width'``: scaled, ``'up'``: scaled up only). ``depth_trunc``: a stage's scaled repeats
     are ``ceil(n·d)`` or ``round(n·d)`` (TinyNet); ``fix_first_last``: the first and last stages keep their depth
-    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B)."""
+    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B);
+    ``divisor``: the multiple every width-scaled channel count is rounded to (timm's ``channel_divisor``; 16 in
+    some GroupNorm EfficientNets). ``group_size``: channels per group of every ds and ir block's k x k conv (1:
+    depthwise; timm's model-wide ``group_size``, the ``_g8``/``_g16`` models). ``norm``: every norm's config;
+    None: BatchNorm with PyTorch's momentum and ``build``'s ``bn_epsilon``."""
 
     stem: int
     act: Activation
@@ -133,6 +141,9 @@ class Recipe:
     depth_trunc: DepthTrunc = "ceil"
     fix_first_last: bool = False
     round_limit: float = 0.9
+    divisor: int = 8
+    group_size: int = 1
+    norm: NormConfig | None = None
 
 
 def check_depth(depth_multiplier: float, where: str) -> None:
@@ -162,6 +173,8 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
     if not row.se:
         return 0
     reduced = mid * (row.se if rule.from_expansion else row.se / row.expand)
+    if rule.kind == "gc":
+        return make_divisible(reduced, 1, round_limit=0.0)
     return make_divisible(reduced, round_limit=round_limit) if rule.divisible else round(reduced)
 
 
@@ -180,16 +193,17 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     # Without SE the configs keep their own SE defaults, as conversion reads them.
     se: dict[str, Any] = {}
     if se_channels:
-        se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate)
+        se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate, se_kind=recipe.se.kind)
     kernel = max(row.kernels) if row.kernels else row.kernel
     if row.block == "ds":
         return SeparableConfig(out_channels=out, kernel_size=kernel, stride=stride, act=act, pw_act=row.pw_act,
                                skip=skip, kernel_sizes=row.kernels, project_splits=row.project_splits,
-                               **se)  # fmt: skip
+                               group_size=recipe.group_size, **se)  # fmt: skip
     if row.block == "ir":
         return InvertedResidualConfig(out_channels=out, kernel_size=kernel, stride=stride, expand_channels=mid,
                                       act=act, skip=skip, kernel_sizes=row.kernels, expand_splits=row.expand_splits,
-                                      project_splits=row.project_splits, **se)  # fmt: skip
+                                      project_splits=row.project_splits, group_size=recipe.group_size,
+                                      **se)  # fmt: skip
     return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
                               groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
 
@@ -221,7 +235,12 @@ def build(
                          f"got {depth_multiplier!r}")  # fmt: skip
     for depth in depths:
         check_depth(depth, where)
-    ch = lambda c: make_divisible(c * width_multiplier, round_limit=recipe.round_limit)  # noqa: E731
+    if recipe.group_size != 1:  # timm's model-wide group_size reaches every block; these tables take it in ds/ir only
+        others = sorted({row.block for stage in table for row in stage} - {"ds", "ir"})
+        if others:
+            raise ValueError(f"{where}: group_size={recipe.group_size} applies to ds and ir blocks; the table has "
+                             f"{others} blocks")  # fmt: skip
+    ch = lambda c: make_divisible(c * width_multiplier, recipe.divisor, round_limit=recipe.round_limit)  # noqa: E731
     stem = recipe.stem if width_multiplier < recipe.fix_stem_below else ch(recipe.stem)
     in_ch = stem
     stages: list[tuple[BlockConfig, ...]] = []
@@ -252,7 +271,7 @@ def build(
         dropout=dropout,
         in_channels=in_channels,
         padding=padding,
-        norm=BatchNormConfig(0.9, bn_epsilon),
+        norm=recipe.norm or BatchNormConfig(0.9, bn_epsilon),
     )
     return MobileNet(config, dtype=dtype)
 

@@ -17,9 +17,23 @@ from flax_dsconv.nn.conv import (
 )
 from flax_dsconv.nn.conv_bn_act import ConvBNAct, ConvBNActConfig
 from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
+from flax_dsconv.nn.global_context import GlobalContext
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
 from flax_dsconv.nn.layer_scale import LayerScale
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.norm import (
+    BatchNorm,
+    BatchNormConfig,
+    EvoNormS0,
+    EvoNormS0Config,
+    GroupNorm,
+    GroupNormConfig,
+    LayerNorm,
+    LayerNormConfig,
+    NormConfig,
+    norm_from_dict,
+    norm_layer,
+    norm_to_dict,
+)
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, block_from_dict, block_to_dict, build_block
 from flax_dsconv.nn.separable import DepthwiseSeparableConv, SeparableConfig, seed_dsconv, separable_in_channels
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
@@ -36,11 +50,19 @@ __all__ = [
     "DepthwiseSeparableConv",
     "EdgeResidual",
     "EdgeResidualConfig",
+    "EvoNormS0",
+    "EvoNormS0Config",
+    "GlobalContext",
+    "GroupNorm",
+    "GroupNormConfig",
     "InvertedResidual",
     "InvertedResidualConfig",
+    "LayerNorm",
+    "LayerNormConfig",
     "LayerScale",
     "MixedDepthwiseConv",
     "MixedPointwiseConv",
+    "NormConfig",
     "PointwiseConv",
     "SeparableConfig",
     "SqueezeExcite",
@@ -51,6 +73,9 @@ __all__ = [
     "build_block",
     "conv_kernel_init",
     "full_conv",
+    "norm_from_dict",
+    "norm_layer",
+    "norm_to_dict",
     "seed_dsconv",
     "separable_in_channels",
     "split_channels",

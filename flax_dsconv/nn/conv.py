@@ -126,6 +126,16 @@ def split_channels(channels: int, splits: int) -> tuple[int, ...]:
     return (channels // splits + channels % splits, *(channels // splits,) * (splits - 1))
 
 
+def check_group_size(group_size: int, kernel_sizes: Sequence[int], where: str) -> None:
+    """A depthwise conv's ``group_size`` (channels per group; 1: depthwise) is a positive int, and 1 with mixed
+    kernels (MixNet's groups are split by kernel size, each depthwise)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"{where}: group_size must be a positive int (1: depthwise), got {group_size!r}")
+    if group_size != 1 and kernel_sizes:
+        raise ValueError(f"{where}: group_size={group_size} with mixed kernel_sizes={tuple(kernel_sizes)}; a mixed "
+                         "depthwise conv has one channel per group")  # fmt: skip
+
+
 def check_mixed_kernels(kernel_size: int, kernel_sizes: Sequence[int], where: str) -> tuple[int, ...]:
     """``kernel_sizes`` as a tuple, after checking it holds positive ints and that ``kernel_size`` is its largest
     (the block's reach); empty means one kernel, ``kernel_size``."""
@@ -206,10 +216,21 @@ class MixedPointwiseConv(nn.Module):
 
 def block_depthwise(x: Array, kernel_size: int, kernel_sizes: Sequence[int], strides: int, padding: PaddingLike,
                     dilation: int, *, implementation: str, dtype: Dtype | None = None, use_bias: bool = False,
-                    name: str = "conv_dw") -> Array:  # fmt: skip
+                    group_size: int = 1, name: str = "conv_dw") -> Array:  # fmt: skip
     """A block's depthwise conv applied to ``x`` (call it inside the block's compact ``__call__``): one
     :class:`DepthwiseConv`, its input padded first as :func:`~flax_dsconv.ops.depthwise.pad_for_depthwise` says, or
-    with ``kernel_sizes`` a :class:`MixedDepthwiseConv` (which pads each group itself; no bias)."""
+    with ``kernel_sizes`` a :class:`MixedDepthwiseConv` (which pads each group itself; no bias).
+
+    ``group_size`` > 1 makes it a grouped conv of ``group_size`` channels per group (timm's ``group_size``; the
+    ``_g8``/``_g16`` models), in = out channels: lax's grouped convolution (:func:`full_conv`), whatever
+    ``implementation`` says (the depthwise kernels are for one channel per group)."""
+    if group_size != 1:
+        if kernel_sizes or x.shape[-1] % group_size:
+            raise ValueError(f"{name}: a grouped conv of group_size={group_size} needs one kernel and input channels "
+                             f"that split into such groups, got {x.shape[-1]} channels, kernel_sizes="
+                             f"{tuple(kernel_sizes)}")  # fmt: skip
+        return full_conv(x.shape[-1], kernel_size, strides, padding, dilation, groups=x.shape[-1] // group_size,
+                         use_bias=use_bias, dtype=dtype, name=name)(x)  # fmt: skip
     if kernel_sizes:
         return MixedDepthwiseConv(kernel_sizes, strides, padding, dilation, dtype=dtype, implementation=implementation,
                                   name=name)(x)  # fmt: skip

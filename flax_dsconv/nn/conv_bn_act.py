@@ -10,9 +10,8 @@ from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.conv import full_conv
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
-from flax_dsconv.ops.activations import activation
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -34,7 +33,7 @@ class ConvBNAct(nn.Module):
     act: str = "relu"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
 
@@ -46,10 +45,8 @@ class ConvBNAct(nn.Module):
         x = full_conv(
             self.features, self.kernel_size, self.strides, self.padding, self.dilation, dtype=self.dtype, name="conv"
         )(x)
-        x = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)(
-            name="bn1"
-        )(x)
-        return add_residual(activation(self.act)(x), shortcut, self.skip, self.drop_path, train)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
+        return add_residual(norm(name="bn1", act=self.act)(x), shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: ConvBNActConfig, context: BlockContext, name: str) -> ConvBNAct:

@@ -11,17 +11,17 @@ from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.conv import PointwiseConv, full_conv
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
-from flax_dsconv.nn.squeeze_excite import SqueezeExcite
-from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.activations import Activation
 from flax_dsconv.ops.padding import PaddingLike
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EdgeResidualConfig(BlockConfig):
     """An :class:`EdgeResidual` in a network: ``expand_channels`` wide inside, its k x k conv in ``groups``
-    groups (1: dense), squeeze-excite of ``se_channels`` (0: none) after it.
+    groups (1: dense), squeeze-excite of ``se_channels`` (0: none) after it (``se_kind='gc'``: global context).
 
     The gate defaults to the sigmoid: timm's ``SqueezeExcite`` default, which every EfficientNet uses.
     """
@@ -32,6 +32,7 @@ class EdgeResidualConfig(BlockConfig):
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "sigmoid"
+    se_kind: SeKind = "se"
 
 
 class EdgeResidual(nn.Module):
@@ -54,9 +55,10 @@ class EdgeResidual(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "sigmoid"
+    se_kind: SeKind = "se"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
 
@@ -66,15 +68,15 @@ class EdgeResidual(nn.Module):
         check_nhwc(x, None if kernel is None else kernel[-2] * self.groups, where(self))
         if x.shape[-1] % self.groups:  # flax.linen.Conv only asserts this
             raise ValueError(f"{where(self)}: {x.shape[-1]} input channels do not split into groups={self.groups}")
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         x = full_conv(self.expand_channels, self.kernel_size, self.strides, self.padding, self.dilation,
                       groups=self.groups, dtype=self.dtype, name="conv_exp")(x)  # fmt: skip
-        x = activation(self.act)(norm(name="bn1")(x))
+        x = norm(name="bn1", act=self.act)(x)
         if self.se_channels:
-            x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
+            x = channel_attention(self.se_kind, self.se_channels, self.se_act, self.se_gate, self.dtype)(x)
         x = PointwiseConv(self.features, dtype=self.dtype, name="conv_pwl")(x)
-        x = norm(name="bn2")(x)
+        x = norm(name="bn2", act="identity")(x)
         return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
@@ -91,6 +93,7 @@ class EdgeResidual(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            se_kind=config.se_kind,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

@@ -9,11 +9,11 @@ import jax
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual
-from flax_dsconv.nn.conv import block_depthwise, check_mixed_kernels, pointwise_conv
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.conv import block_depthwise, check_group_size, check_mixed_kernels, pointwise_conv
+from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
-from flax_dsconv.nn.squeeze_excite import SqueezeExcite
-from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.activations import Activation
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -22,7 +22,9 @@ class InvertedResidualConfig(BlockConfig):
     """An :class:`InvertedResidual` in a network: ``expand_channels`` wide inside, squeeze-excite of
     ``se_channels`` (0: none) after the depthwise conv. MixNet's mixed convs: ``kernel_sizes`` (one per channel
     group of the depthwise conv; ``kernel_size`` is then the largest; empty: one ``kernel_size`` kernel),
-    ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv)."""
+    ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv).
+    ``group_size``: channels per group of the k x k conv (1: depthwise; timm's ``_g8`` models: 8). ``se_kind``:
+    ``'se'`` squeeze-excite or ``'gc'`` global context (timm's ``gc_`` models)."""
 
     kind = "ir"
     expand_channels: int
@@ -30,15 +32,18 @@ class InvertedResidualConfig(BlockConfig):
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "hard_sigmoid"
+    se_kind: SeKind = "se"
     kernel_sizes: tuple[int, ...] = ()
     expand_splits: int = 1
     project_splits: int = 1
+    group_size: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "InvertedResidualConfig"))  # fmt: skip
         check_splits(self, ("expand_splits", "project_splits"))
+        check_group_size(self.group_size, self.kernel_sizes, "InvertedResidualConfig")
 
 
 class InvertedResidual(nn.Module):
@@ -49,7 +54,8 @@ class InvertedResidual(nn.Module):
 
     MixNet's variant (Tan & Le 2019): ``kernel_sizes`` makes ``conv_dw`` a :class:`MixedDepthwiseConv` (one
     kernel size per channel group), ``expand_splits``/``project_splits`` > 1 make ``conv_pw``/``conv_pwl`` a
-    :class:`MixedPointwiseConv` each.
+    :class:`MixedPointwiseConv` each. ``group_size`` > 1 makes ``conv_dw`` a grouped conv (timm's ``_g8``
+    models), ``se_kind='gc'`` the attention a :class:`GlobalContext`.
 
     >>> InvertedResidual(features=24, expand_channels=96, strides=2).init(key, jnp.ones((1, 56, 56, 16)))
     """
@@ -64,30 +70,31 @@ class InvertedResidual(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "hard_sigmoid"
+    se_kind: SeKind = "se"
     kernel_sizes: tuple[int, ...] = ()
     expand_splits: int = 1
     project_splits: int = 1
+    group_size: int = 1
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
     depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
-        act = activation(self.act)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         x = pointwise_conv(self.expand_channels, self.expand_splits, dtype=self.dtype, name="conv_pw")(x)
-        x = act(norm(name="bn1")(x))
+        x = norm(name="bn1", act=self.act)(x)
         x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
-                            implementation=self.depthwise, dtype=self.dtype)  # fmt: skip
-        x = act(norm(name="bn2")(x))
+                            implementation=self.depthwise, dtype=self.dtype, group_size=self.group_size)  # fmt: skip
+        x = norm(name="bn2", act=self.act)(x)
         if self.se_channels:
-            x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
+            x = channel_attention(self.se_kind, self.se_channels, self.se_act, self.se_gate, self.dtype)(x)
         x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pwl")(x)
-        x = norm(name="bn3")(x)
+        x = norm(name="bn3", act="identity")(x)
         return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
@@ -103,9 +110,11 @@ class InvertedResidual(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            se_kind=config.se_kind,
             kernel_sizes=config.kernel_sizes,
             expand_splits=config.expand_splits,
             project_splits=config.project_splits,
+            group_size=config.group_size,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

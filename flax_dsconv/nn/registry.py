@@ -42,7 +42,7 @@ class BlockContext:
     """What a block takes from the network around it, beside its own config."""
 
     padding: str
-    norm: Any  # nn.norm.BatchNormConfig
+    norm: Any  # nn.norm.NormConfig
     axis_name: str | None
     dtype: Any
     depthwise: str

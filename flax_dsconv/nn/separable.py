@@ -11,11 +11,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.conv import PointwiseConv, block_depthwise, check_mixed_kernels, pointwise_conv
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.conv import PointwiseConv, block_depthwise, check_group_size, check_mixed_kernels, pointwise_conv
+from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
-from flax_dsconv.nn.squeeze_excite import SqueezeExcite
-from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.activations import Activation
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -24,21 +24,26 @@ class SeparableConfig(BlockConfig):
     """A :class:`DepthwiseSeparableConv` in a network. ``pw_act``: whether it activates after its pointwise conv
     (MobileNetV1 yes, V2/V3 no); ``se_channels`` > 0 adds squeeze-excite after the depthwise conv. MixNet's mixed
     convs: ``kernel_sizes`` (one per channel group of the depthwise conv; ``kernel_size`` is then the largest;
-    empty: one ``kernel_size`` kernel) and ``project_splits`` (groups of the 1x1 conv; 1: a dense 1x1 conv)."""
+    empty: one ``kernel_size`` kernel) and ``project_splits`` (groups of the 1x1 conv; 1: a dense 1x1 conv).
+    ``group_size``: channels per group of the k x k conv (1: depthwise; timm's ``_g8`` models: 8). ``se_kind``:
+    ``'se'`` squeeze-excite or ``'gc'`` global context."""
 
     kind = "ds"
     pw_act: bool = False
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "hard_sigmoid"
+    se_kind: SeKind = "se"
     kernel_sizes: tuple[int, ...] = ()
     project_splits: int = 1
+    group_size: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "SeparableConfig"))  # fmt: skip
         check_splits(self, ("project_splits",))
+        check_group_size(self.group_size, self.kernel_sizes, "SeparableConfig")
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -49,7 +54,8 @@ class DepthwiseSeparableConv(nn.Module):
     pointwise conv has no padding. The seed notebook's ``DSConv`` instead pads the 1x1 conv by 1 and
     strides it again (64x64 in, 66x66 out); :func:`seed_dsconv` builds that variant exactly.
 
-    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block. ``kernel_sizes``
+    ``pw_act=False`` and ``se_channels``/``skip`` give the MobileNetV2/V3 first-stage block; ``group_size`` > 1
+    makes ``conv_dw`` a grouped conv, ``se_kind='gc'`` the attention a :class:`GlobalContext`. ``kernel_sizes``
     makes ``conv_dw`` a :class:`MixedDepthwiseConv` and ``project_splits`` > 1 ``conv_pw`` a
     :class:`MixedPointwiseConv` (MixNet; neither with the seed's bias, pointwise stride or padding).
 
@@ -69,22 +75,23 @@ class DepthwiseSeparableConv(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "hard_sigmoid"
+    se_kind: SeKind = "se"
     kernel_sizes: tuple[int, ...] = ()
     project_splits: int = 1
+    group_size: int = 1
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     use_bias: bool = False
     pointwise_strides: int = 1
     pointwise_padding: PaddingLike = 0
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
     depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
-        act = activation(self.act)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         # Checked here, not only by conv_dw: its input may be padded below, which would garble the message.
         kernel = bound_kernel_shape(self, ("conv_dw",))
@@ -94,10 +101,11 @@ class DepthwiseSeparableConv(nn.Module):
             raise ValueError(f"{where(self)}: mixed convs (kernel_sizes={tuple(self.kernel_sizes)}, project_splits="
                              f"{self.project_splits}) have no bias, pointwise stride or pointwise padding")  # fmt: skip
         x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
-                            implementation=self.depthwise, dtype=self.dtype, use_bias=self.use_bias)  # fmt: skip
-        x = act(norm(name="bn1")(x))
+                            implementation=self.depthwise, dtype=self.dtype, use_bias=self.use_bias,
+                            group_size=self.group_size)  # fmt: skip
+        x = norm(name="bn1", act=self.act)(x)
         if self.se_channels:
-            x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
+            x = channel_attention(self.se_kind, self.se_channels, self.se_act, self.se_gate, self.dtype)(x)
         if self.project_splits != 1:
             x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pw")(x)
         else:
@@ -109,9 +117,7 @@ class DepthwiseSeparableConv(nn.Module):
                 dtype=self.dtype,
                 name="conv_pw",
             )(x)
-        x = norm(name="bn2")(x)
-        if self.pw_act:
-            x = act(x)
+        x = norm(name="bn2", act=self.act if self.pw_act else "identity")(x)
         return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
@@ -127,8 +133,10 @@ class DepthwiseSeparableConv(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            se_kind=config.se_kind,
             kernel_sizes=config.kernel_sizes,
             project_splits=config.project_splits,
+            group_size=config.group_size,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

@@ -13,9 +13,8 @@ from flax import linen as nn
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.conv import PointwiseConv, block_depthwise
 from flax_dsconv.nn.layer_scale import LayerScale
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
-from flax_dsconv.ops.activations import activation
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -57,7 +56,7 @@ class _ConvNorm(nn.Module):
         else:
             x = block_depthwise(x, self.kernel_size, (), self.strides, self.padding, self.dilation,
                                 implementation=self.implementation, dtype=self.dtype, name="conv")  # fmt: skip
-        return activation(self.act)(self.norm(name="bn")(x))
+        return self.norm(name="bn", act=self.act)(x)
 
 
 class UniversalInvertedResidual(nn.Module):
@@ -85,7 +84,7 @@ class UniversalInvertedResidual(nn.Module):
     layer_scale: bool = False
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
     depthwise: str = "auto"  # DepthwiseConv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
@@ -99,7 +98,7 @@ class UniversalInvertedResidual(nn.Module):
         if self.strides != 1 and strided is None:
             raise ValueError(f"{where(self)}: strides={self.strides} needs a depthwise conv to stride, but every "
                              "depthwise kernel size is 0")  # fmt: skip
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
 
         def conv(x: jax.Array, name: str, features: int | None = None, act: str = "identity") -> jax.Array:
             return _ConvNorm(features, norm, kernels.get(name, 1), self.strides if name == strided else 1,
