@@ -2,8 +2,10 @@
 
 Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``; the universal
 inverted residual's ``dw_start``, ``pw_exp``, ``dw_mid``, ``pw_proj``, ``dw_end``, each holding ``conv`` and ``bn``;
-MixNet's mixed convs hold their channel groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does)
-mirror timm's attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
+the mobile attention block's ``norm``, ``attn`` (``query``, ``key``, ``value``, ``output``, each holding ``proj``,
+the key and value also ``down_conv`` and ``norm``) and ``layer_scale``; MixNet's mixed convs hold their channel
+groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does) mirror timm's attribute names: they are the
+conversion keys, and never depend on Flax's automatic naming.
 """
 
 from flax_dsconv.nn.conv import (
@@ -19,6 +21,7 @@ from flax_dsconv.nn.conv_bn_act import ConvBNAct, ConvBNActConfig
 from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
 from flax_dsconv.nn.layer_scale import LayerScale
+from flax_dsconv.nn.mobile_attention import MobileAttention, MobileAttentionConfig, MultiQueryAttention
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, block_from_dict, block_to_dict, build_block
 from flax_dsconv.nn.separable import DepthwiseSeparableConv, SeparableConfig, seed_dsconv, separable_in_channels
@@ -41,6 +44,9 @@ __all__ = [
     "LayerScale",
     "MixedDepthwiseConv",
     "MixedPointwiseConv",
+    "MobileAttention",
+    "MobileAttentionConfig",
+    "MultiQueryAttention",
     "PointwiseConv",
     "SeparableConfig",
     "SqueezeExcite",
