@@ -27,10 +27,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),
     "GlobalContext attention in place of squeeze-excite": ("gc_efficientnetv2_rw_t",),
-    "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
-        "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
-        "mobilenetv4_hybrid_medium_075",
-    ),
 }  # fmt: skip
 
 
