@@ -21,12 +21,13 @@ from flax_dsconv.nn import (
     ConvBNActConfig,
     EdgeResidualConfig,
     InvertedResidualConfig,
+    MobileAttentionConfig,
     SeparableConfig,
     UniversalInvertedResidualConfig,
 )
 from flax_dsconv.ops.activations import Activation
 
-BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
+BlockKind = Literal["ds", "ir", "er", "uir", "mqa", "conv"]
 DepthTrunc = Literal["ceil", "round"]
 HeadScaling = Literal["none", "width", "up"]
 
@@ -37,15 +38,17 @@ class Row:
     has ``stride``.
 
     ``block``: ``'ds'`` depthwise separable, ``'ir'`` inverted residual, ``'er'`` edge residual (fused MBConv),
-    ``'uir'`` universal inverted residual, ``'conv'`` dense conv + BN + act. ``kernel``: the depthwise kernel
-    (ds, ir; uir's middle one, 0 for none) or the dense one (er, conv); ``start_kernel`` / ``end_kernel``: uir's
+    ``'uir'`` universal inverted residual, ``'mqa'`` mobile (multi-query) attention, ``'conv'`` dense conv + BN +
+    act. ``kernel``: the depthwise kernel (ds, ir; uir's middle one, 0 for none; mqa's key/value down_conv) or the
+    dense one (er, conv); ``start_kernel`` / ``end_kernel``: uir's
     depthwise convs before the expansion and after the projection (0: none). ``expand``: the expansion ratio over
     the block's input channels. ``se``: the squeeze-excite ratio (0: none), applied as the family's
     :class:`SqueezeExciteRule` says. ``act``: None for the network's. ``pw_act``: a ds block activates after its
     pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it
     (:data:`CONV` rows default to False, as timm's ``cn`` blocks). ``group_size``: channels per group of an er
     block's k x k conv (0: dense). ``expand_from``: expand from this many channels (width-scaled) instead of the
-    block's input (the EdgeTPU models' first block).
+    block's input (the EdgeTPU models' first block). ``heads``, ``key_dim``, ``kv_stride``: an mqa block's query
+    heads, its key and value width (timm's ``d``, both), and the stride of its keys and values (1: full size).
     """
 
     block: BlockKind
@@ -62,15 +65,20 @@ class Row:
     end_kernel: int = 0
     group_size: int = 0
     expand_from: int = 0
+    heads: int = 0
+    key_dim: int = 0
+    kv_stride: int = 1
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
+        attention = ("heads", "key_dim", "kv_stride")
         unused = {
-            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from"),
-            "uir": ("se", "pw_act", "group_size"),
-            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from"),
-            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
-            "er": ("pw_act", "start_kernel", "end_kernel"),
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", *attention),
+            "uir": ("se", "pw_act", "group_size", *attention),
+            "mqa": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "act"),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", *attention),
+            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size", *attention),
+            "er": ("pw_act", "start_kernel", "end_kernel", *attention),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
@@ -112,7 +120,8 @@ class Recipe:
     ``'post_pool'`` (the MobileNetV3 class), ``head_channels`` wide, width-scaled as ``head_scaling`` says
     (``'none'``: kept, ``'width'``: scaled, ``'up'``: scaled up only). ``depth_trunc``: a stage's scaled repeats
     are ``ceil(n·d)`` or ``round(n·d)`` (TinyNet); ``fix_first_last``: the first and last stages keep their depth
-    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B)."""
+    (EfficientNet-Lite). ``round_limit``: ``make_divisible``'s, for every width (0 for EfficientNetV2-B).
+    ``layer_scale``: every uir and mqa block scales its output per channel (the MobileNetV4 hybrids)."""
 
     stem: int
     act: Activation
@@ -127,6 +136,7 @@ class Recipe:
     depth_trunc: DepthTrunc = "ceil"
     fix_first_last: bool = False
     round_limit: float = 0.9
+    layer_scale: bool = False
 
 
 def check_depth(depth_multiplier: float, where: str) -> None:
@@ -162,13 +172,17 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
 def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
     act = row.act or recipe.act
     skip = row.skip and stride == 1 and in_ch == out
+    if row.block == "mqa":
+        return MobileAttentionConfig(out_channels=out, kernel_size=row.kernel, stride=stride, num_heads=row.heads,
+                                     key_dim=row.key_dim, value_dim=row.key_dim, kv_stride=row.kv_stride,
+                                     layer_scale=recipe.layer_scale, skip=skip)  # fmt: skip
     if row.block == "conv":
         return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, skip=skip)
     mid = in_ch if row.block == "ds" else make_divisible(expand_in * row.expand)
     if row.block == "uir":
         return UniversalInvertedResidualConfig(
             out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
-            end_kernel_size=row.end_kernel, stride=stride, act=act, skip=skip,
+            end_kernel_size=row.end_kernel, stride=stride, act=act, layer_scale=recipe.layer_scale, skip=skip,
         )  # fmt: skip
     se_channels = _se_channels(row, mid, recipe.se, recipe.round_limit)
     # Without SE the configs keep their own SE defaults, as conversion reads them.
@@ -253,4 +267,5 @@ DS = functools.partial(Row, block="ds")
 IR = functools.partial(Row, block="ir")
 ER = functools.partial(Row, block="er")
 UIR = functools.partial(Row, block="uir")
+MQA = functools.partial(Row, block="mqa")
 CONV = functools.partial(Row, block="conv", kernel=1, skip=False)
