@@ -39,6 +39,8 @@ BLOCK_CASES = {
     "one_head_wider_out": dict(out_chs=48, num_heads=1, key_dim=24, value_dim=24, kv_stride=2, skip=False),
     "same_kv_stride2": dict(out_chs=32, **FOUR_HEADS, kv_stride=2, pad_type="same", skip=True),
     "dilated_kv_stride2": dict(out_chs=32, **FOUR_HEADS, kv_stride=2, dilation=2, skip=True),
+    "query_stride2": dict(out_chs=32, **FOUR_HEADS, kv_stride=2, query_strides=2, skip=True),
+    "same_query_stride2": dict(out_chs=32, **FOUR_HEADS, kv_stride=1, query_strides=2, pad_type="same", skip=True),
     "no_layer_scale_noskip": dict(out_chs=32, **FOUR_HEADS, kv_stride=2, layer_scale_init_value=None, noskip=True,
                                   skip=False),
 }  # fmt: skip
@@ -71,6 +73,7 @@ def _flax_block(case: dict) -> MobileAttention:
         case["key_dim"],
         case["value_dim"],
         kv_stride=case["kv_stride"],
+        query_stride=case.get("query_strides", 1),
         kernel_size=case.get("dw_kernel_size", 3),
         dilation=case.get("dilation", 1),
         padding="SAME" if case.get("pad_type") == "same" else "torch",
@@ -139,17 +142,18 @@ def _compare(label: str, torch_module: torch.nn.Module, module, apply, train: bo
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("kv_stride", [1, 2])
-def test_multi_query_attention_matches_timm_forward_and_both_gradients(kv_stride, train):
+@pytest.mark.parametrize("kv_stride,query_stride", [(1, 1), (2, 1), (2, 2)])
+def test_multi_query_attention_matches_timm_forward_and_both_gradients(kv_stride, query_stride, train):
     torch_module = _randomize(MultiQueryAttention2d(IN_CHANNELS, dim_out=24, num_heads=4, key_dim=16, value_dim=8,
-                                                    kv_stride=kv_stride))  # fmt: skip
+                                                    kv_stride=kv_stride, query_strides=query_stride))  # fmt: skip
     norm = BatchNorm.partial(BatchNormConfig(), use_running_average=not train)
-    module = MultiQueryAttention(24, 4, 16, 8, norm, kv_stride=kv_stride)
+    module = MultiQueryAttention(24, 4, 16, 8, norm, kv_stride=kv_stride, query_stride=query_stride)
 
     def apply(variables, x, train):
         return module.apply(variables, x, mutable=["batch_stats"])
 
-    _compare(f"MultiQueryAttention kv_stride {kv_stride}", torch_module, module, apply, train, 24)
+    label = f"MultiQueryAttention kv_stride {kv_stride} query_stride {query_stride}"
+    _compare(label, torch_module, module, apply, train, 24)
 
 
 def test_multi_query_attention_is_softmax_of_scaled_dot_products_per_head():
@@ -174,9 +178,11 @@ def test_block_cases_build_the_timm_variant_they_name():
         blk = _timm_block(case)
         assert blk.has_skip == case["skip"], name
         assert hasattr(blk.attn.key, "down_conv") == (case["kv_stride"] > 1), name
+        assert hasattr(blk.attn.query, "down_pool") == ("query_strides" in case), name
         assert (type(blk.layer_scale).__name__ == "LayerScale2d") == ("layer_scale_init_value" not in case), name
         if case.get("pad_type") == "same":
-            assert type(blk.attn.key.down_conv).__name__ == "Conv2dSame", name
+            downsampling = blk.attn.key.down_conv if case["kv_stride"] > 1 else blk.attn.query.down_pool
+            assert type(downsampling).__name__ in ("Conv2dSame", "AvgPool2dSame"), name
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -192,7 +198,8 @@ def test_mobile_attention_matches_timm_forward_and_both_gradients(name, train):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("num_heads", 0), ("key_dim", -1), ("value_dim", 2.5), ("kv_stride", 0), ("stride", 2), ("act", "relu"),
+    ("num_heads", 0), ("key_dim", -1), ("value_dim", 2.5), ("kv_stride", 0), ("query_stride", True), ("stride", 2),
+    ("act", "relu"),
 ])  # fmt: skip
 def test_a_bad_mobile_attention_config_is_refused_naming_the_field(field, value):
     fields = dict(out_channels=32, num_heads=4, key_dim=16, value_dim=16, kv_stride=2)
@@ -203,6 +210,12 @@ def test_a_bad_mobile_attention_config_is_refused_naming_the_field(field, value)
 def test_a_bad_mobile_attention_module_is_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"MobileAttention .*: num_heads must be a positive int, got 0"):
         abstract_variables(MobileAttention(32, 0, 16, 16), IN_CHANNELS)
+
+
+def test_a_query_stride_refuses_a_size_it_does_not_divide():
+    module = MobileAttention(32, 4, 16, 16, query_stride=2)
+    with pytest.raises(ValueError, match=r"query_stride=2 needs height and width divisible by it.*\(1, 9, 9, 32\)"):
+        abstract_variables(module, IN_CHANNELS, 9)
 
 
 def test_mobile_attention_refuses_nchw_input_naming_its_channels():
@@ -244,7 +257,8 @@ def _hybrid_attention_block(**changes) -> TimmMobileAttention:
 @pytest.mark.parametrize("changes,match", [
     (dict(conv_cpe_dw=torch.nn.Conv2d(160, 160, 3, padding=1, groups=160)), r"blocks\.2\.4\.conv_cpe_dw: a posit"),
     ({"attn.attn_drop": torch.nn.Dropout(0.1)}, r"blocks\.2\.4\.attn\.attn_drop: dropout 0\.1"),
-    ({"attn.has_query_strides": True, "attn.query_strides": (2, 2)}, r"blocks\.2\.4\.attn\.query\.down_pool: query"),
+    ({"attn.has_query_strides": True, "attn.query_strides": (2, 1)}, r"attn\.query\.down_pool: query strides \(2, 1\)"),
+    ({"attn.has_query_strides": True, "attn.query_strides": (2, 2)}, r"blocks\.2\.4\.attn\.query: holds \['proj'\]"),
     ({"attn.num_heads": 2}, r"blocks\.2\.4\.attn\.query\.proj: 256 output channels; expected 128"),
     (dict(attn=torch.nn.Identity()), r"blocks\.2\.4\.attn: Identity, expected multi-query attention"),
 ])  # fmt: skip

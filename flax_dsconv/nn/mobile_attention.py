@@ -24,7 +24,9 @@ from flax_dsconv.ops.padding import PaddingLike
 class MobileAttentionConfig(BlockConfig):
     """A :class:`MobileAttention` in a network: ``num_heads`` query heads of ``key_dim`` channels over one key
     head (``key_dim``) and one value head (``value_dim``), keys and values computed on the input downsampled by
-    ``kv_stride`` (1: not downsampled) with a ``kernel_size`` depthwise conv (the inherited field).
+    ``kv_stride`` (1: not downsampled) with a ``kernel_size`` depthwise conv (the inherited field; unused, and read
+    as 3, when ``kv_stride`` is 1). ``query_stride`` > 1: the queries come from the input average-pooled by it, and
+    the attention's output is upsampled back bilinearly (timm's ``query_strides``; no MobileNetV4 uses them).
 
     The block keeps its input's size (``stride`` 1) and has no activation (``act`` ``'identity'``): timm's
     ``MobileAttention`` takes both arguments but uses the stride only to decide its skip, and its norm has no
@@ -37,10 +39,12 @@ class MobileAttentionConfig(BlockConfig):
     key_dim: int
     value_dim: int
     kv_stride: int = 1
+    query_stride: int = 1
     layer_scale: bool = True
 
     def __post_init__(self) -> None:
-        check_splits(self, ("num_heads", "key_dim", "value_dim", "kv_stride", "kernel_size", "dilation"))
+        check_splits(self, ("num_heads", "key_dim", "value_dim", "kv_stride", "query_stride", "kernel_size",
+                            "dilation"))  # fmt: skip
         if self.stride != 1:
             raise ValueError(f"MobileAttentionConfig: stride must be 1 (the block keeps its input's size), got "
                              f"{self.stride!r}")  # fmt: skip
@@ -51,12 +55,14 @@ class MobileAttentionConfig(BlockConfig):
 
 class _Branch(nn.Module):
     """One of timm's ``query`` / ``key`` / ``value`` / ``output`` sequences: [``down_conv`` (strided depthwise) →
-    ``norm``] when ``strides`` > 1, then ``proj`` (1x1, no bias)."""
+    ``norm``] when ``strides`` > 1, or [a ``pool`` x ``pool`` average pool → ``norm``] when ``pool`` > 1, then
+    ``proj`` (1x1, no bias)."""
 
     features: int
     norm: Callable[..., nn.Module] | None = None
     kernel_size: int = 3
     strides: int = 1
+    pool: int = 1
     dilation: int = 1
     padding: PaddingLike = "torch"
     dtype: Any | None = None
@@ -64,23 +70,29 @@ class _Branch(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if (self.strides > 1 or self.pool > 1) and self.norm is None:
+            raise ValueError(f"{where(self)}: downsampling needs a norm after it")
         if self.strides > 1:
-            if self.norm is None:
-                raise ValueError(f"{where(self)}: strides={self.strides} needs a norm after its down_conv")
             x = block_depthwise(x, self.kernel_size, (), self.strides, self.padding, self.dilation,
                                 implementation=self.implementation, dtype=self.dtype, name="down_conv")  # fmt: skip
-            x = self.norm(name="norm")(x)
+            x = self.norm(name="norm")(x)  # type: ignore[misc]
+        elif self.pool > 1:
+            x = nn.avg_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
+            x = self.norm(name="norm")(x)  # type: ignore[misc]
         return PointwiseConv(self.features, dtype=self.dtype, name="proj")(x)
 
 
 class MultiQueryAttention(nn.Module):
-    """Multi-query attention on an NHWC map (timm's ``MultiQueryAttention2d``, without query strides).
+    """Multi-query attention on an NHWC map (timm's ``MultiQueryAttention2d``).
 
     ``query.proj`` (1x1 to ``num_heads · key_dim``, head-major); ``key`` and ``value``: a ``kernel_size``
     depthwise ``down_conv`` with stride ``kv_stride`` and its own ``norm`` when ``kv_stride`` > 1, then ``proj``
     (1x1 to ``key_dim`` / ``value_dim``: one head shared by every query head); ``softmax(q·kᵀ/√key_dim)·v``
     (:func:`~flax_dsconv.ops.attention.multi_query_attention`); ``output.proj`` (1x1 to ``features``). No biases.
-    ``norm``: the constructor of the down-sampling norms (``BatchNorm.partial(...)``).
+    ``query_stride`` > 1: ``query`` average-pools its input first (then its ``norm``), and the attention's output
+    is upsampled back bilinearly (half-pixel centres, torch's ``align_corners=False``) before ``output.proj``; the
+    input's height and width must then be multiples of it. ``norm``: the constructor of the downsampling norms
+    (``BatchNorm.partial(...)``).
 
     >>> MultiQueryAttention(160, 4, 64, 64, kv_stride=2, norm=norm).init(key, jnp.ones((1, 14, 14, 160)))
     """
@@ -96,17 +108,26 @@ class MultiQueryAttention(nn.Module):
     padding: PaddingLike = "torch"
     dtype: Any | None = None
     depthwise: str = "auto"
+    query_stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        def key_value(features: int, name: str) -> jax.Array:
-            return _Branch(features, self.norm, self.kernel_size, self.kv_stride, self.dilation, self.padding,
-                           self.dtype, self.depthwise, name=name)(x)  # fmt: skip
+        b, h, w, _ = x.shape
+        qs = self.query_stride
+        if h % qs or w % qs:
+            raise ValueError(f"{where(self)}: query_stride={qs} needs height and width divisible by it, got input "
+                             f"shape {tuple(x.shape)}")  # fmt: skip
 
-        q = _Branch(self.num_heads * self.key_dim, dtype=self.dtype, name="query")(x)
+        def key_value(features: int, name: str) -> jax.Array:
+            return _Branch(features, self.norm, self.kernel_size, self.kv_stride, dilation=self.dilation,
+                           padding=self.padding, dtype=self.dtype, implementation=self.depthwise, name=name)(x)
+
+        q = _Branch(self.num_heads * self.key_dim, self.norm, pool=qs, dtype=self.dtype, name="query")(x)
         k = key_value(self.key_dim, "key")
         v = key_value(self.value_dim, "value")
         o = multi_query_attention(q, k, v, self.num_heads)
+        if qs > 1:
+            o = jax.image.resize(o, (b, h, w, o.shape[-1]), "bilinear")
         return _Branch(self.features, dtype=self.dtype, name="output")(o)
 
 
@@ -115,7 +136,7 @@ class MobileAttention(nn.Module):
 
     ``norm`` (BatchNorm, no activation) → ``attn`` (:class:`MultiQueryAttention`) → [``layer_scale``], plus the
     input when ``skip``. The output has the input's height and width; ``kv_stride`` downsamples keys and values
-    only (its depthwise conv pads as ``padding`` says, as the other blocks' do).
+    only (its depthwise conv pads as ``padding`` says, as the other blocks' do), ``query_stride`` the queries.
 
     >>> MobileAttention(160, num_heads=4, key_dim=64, value_dim=64, kv_stride=2, skip=True).init(
     ...     key, jnp.ones((1, 14, 14, 160)))
@@ -126,6 +147,7 @@ class MobileAttention(nn.Module):
     key_dim: int
     value_dim: int
     kv_stride: int = 1
+    query_stride: int = 1
     kernel_size: int = 3
     dilation: int = 1
     padding: PaddingLike = "torch"
@@ -140,7 +162,7 @@ class MobileAttention(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kernel = bound_kernel_shape(self, ("attn", "query", "proj"))
         check_nhwc(x, None if kernel is None else kernel[-2], where(self))
-        for name in ("num_heads", "key_dim", "value_dim", "kv_stride", "kernel_size", "dilation"):
+        for name in ("num_heads", "key_dim", "value_dim", "kv_stride", "query_stride", "kernel_size", "dilation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where(self)}: {name} must be a positive int, got {value!r}")
@@ -149,7 +171,7 @@ class MobileAttention(nn.Module):
         x = norm(name="norm")(x)
         x = MultiQueryAttention(self.features, self.num_heads, self.key_dim, self.value_dim, norm, self.kv_stride,
                                 self.kernel_size, self.dilation, self.padding, self.dtype, self.depthwise,
-                                name="attn")(x)  # fmt: skip
+                                self.query_stride, name="attn")(x)  # fmt: skip
         if self.layer_scale:
             x = LayerScale(dtype=self.dtype, name="layer_scale")(x)
         return add_residual(x, shortcut, self.skip)
@@ -162,6 +184,7 @@ class MobileAttention(nn.Module):
             config.key_dim,
             config.value_dim,
             kv_stride=config.kv_stride,
+            query_stride=config.query_stride,
             kernel_size=config.kernel_size,
             dilation=config.dilation,
             padding=context.padding,
