@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_as_close_as_torch, channels_last, randomize_batchnorm, to_nchw, to_nhwc
+from conftest import assert_as_close_as_torch, channels_last, random_variables, randomize_batchnorm, to_nchw, to_nhwc
 from flax import traverse_util
 from timm.layers.attention2d import MultiQueryAttention2d
 from timm.models._efficientnet_blocks import MobileAttention as TimmMobileAttention
 
+import flax_dsconv
 from flax_dsconv import ConversionError, from_torch, to_torch_state_dict
 from flax_dsconv.convert.plan import TO_FLAX, TO_TORCH, check_keys, dotted, plan
 from flax_dsconv.convert.protocol import describe
@@ -296,3 +297,13 @@ def test_a_hybrid_round_trips_bit_exact_through_a_state_dict_and_its_arch_name()
     module_sd, variables_sd = from_torch(exported, source="timm", arch=name, num_classes=10)
     assert module_sd.config == module.config
     jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
+
+
+def test_a_hybrid_saves_and_loads_with_its_attention_blocks(tmp_path):
+    module = flax_dsconv.create_model("mobilenetv4_hybrid_large_075", num_classes=10)
+    variables = random_variables(module, jnp.zeros((1, 64, 64, 3)))
+    flax_dsconv.save(tmp_path / "hybrid", module, variables)
+    loaded, loaded_variables = flax_dsconv.load(tmp_path / "hybrid")
+    assert loaded.config == module.config
+    assert {type(b).__name__ for b in loaded.config.blocks} >= {"MobileAttentionConfig"}
+    jax.tree.map(np.testing.assert_array_equal, loaded_variables, variables)
