@@ -1,6 +1,7 @@
 """Parameters and multiply-adds, per layer, as the MobileNet paper counts them (Tables 1-2).
 
-Mult-adds count convolutions and dense layers only (not BatchNorm, activations or pooling), per image.
+Mult-adds count convolutions and dense layers only (not BatchNorm, activations, pooling, nor the mobile attention
+block's query-key and weights-value products), per image.
 Layers are found with ``flax.linen.intercept_methods`` on an abstract ``init``: nothing is computed.
 """
 

@@ -211,8 +211,8 @@ def test_mobilenetv4_round_trips_bit_exact_through_a_state_dict_and_its_arch_nam
 
 
 def _layer_scale_mobilenet() -> MobileNetV3:
-    """A small timm MobileNetV3 of ExtraDW and ConvNeXt-like blocks with layer scale (as the hybrids have, whose
-    attention blocks do not convert), random gammas."""
+    """A small timm MobileNetV3 of ExtraDW and ConvNeXt-like blocks with layer scale (as the hybrids have; they are
+    compared whole in test_zoo.py), random gammas."""
     arch = [["cn_r1_k3_s1_c16"], ["uir_r1_a3_k5_s2_e4_c24", "uir_r1_a3_k0_s1_e2_c24"]]
     model = MobileNetV3(decode_arch_def(arch), num_classes=10, stem_size=16, num_features=64, head_bias=False,
                         head_norm=True, norm_layer=torch.nn.BatchNorm2d, act_layer=torch.nn.ReLU,

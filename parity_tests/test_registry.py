@@ -41,6 +41,8 @@ def test_create_model_names_the_unknown_model():
         (dict(block="ir", out=8, start_kernel=3), "an? 'ir' block has no start_kernel"),
         (dict(block="er", out=8, kernels=(3, 5)), "an? 'er' block has no kernels"),
         (dict(block="ds", out=8, expand_splits=2), "a 'ds' block has no expand_splits"),
+        (dict(block="mqa", out=8, heads=2, key_dim=8, expand=4.0), "an? 'mqa' block has no expand"),
+        (dict(block="uir", out=8, heads=2), "a 'uir' block has no heads"),
     ],
 )
 def test_a_table_row_refuses_a_setting_its_block_has_no_place_for(row, match):

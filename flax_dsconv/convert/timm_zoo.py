@@ -22,10 +22,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
     "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),
-    "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
-        "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
-        "mobilenetv4_hybrid_medium_075",
-    ),
 }  # fmt: skip
 
 

@@ -32,6 +32,7 @@ ACT_CLASSES: dict[str, Activation] = {
     "SiLU": "silu",
     "Swish": "silu",
     "Sigmoid": "sigmoid",
+    "GELU": "gelu",  # torch's (approximate='none' only: checked in act_name) and timm's, both exact (erf)
     "Identity": "identity",
 }
 
@@ -40,6 +41,10 @@ def act_name(module: Any, where: str) -> Activation:
     name = type(module).__name__
     if name not in ACT_CLASSES:
         raise ConversionError(f"{where}: unsupported activation {name}; supported: {sorted(ACT_CLASSES)}")
+    approximate = getattr(module, "approximate", "none")
+    if name == "GELU" and approximate != "none":
+        raise ConversionError(f"{where}: GELU(approximate={approximate!r}); only the exact GELU "
+                              "(approximate='none', erf) is supported")  # fmt: skip
     return ACT_CLASSES[name]
 
 

@@ -21,6 +21,7 @@ from flax_dsconv.nn import (
     ConvBNActConfig,
     EdgeResidualConfig,
     InvertedResidualConfig,
+    MobileAttentionConfig,
     NormConfig,
     SeparableConfig,
     UniversalInvertedResidualConfig,
@@ -28,7 +29,7 @@ from flax_dsconv.nn import (
 from flax_dsconv.nn.global_context import SeKind
 from flax_dsconv.ops.activations import Activation
 
-BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
+BlockKind = Literal["ds", "ir", "er", "uir", "mqa", "conv"]
 DepthTrunc = Literal["ceil", "round"]
 HeadScaling = Literal["none", "width", "up"]
 
@@ -39,8 +40,9 @@ class Row:
     has ``stride``.
 
     ``block``: ``'ds'`` depthwise separable, ``'ir'`` inverted residual, ``'er'`` edge residual (fused MBConv),
-    ``'uir'`` universal inverted residual, ``'conv'`` dense conv + BN + act. ``kernel``: the depthwise kernel
-    (ds, ir; uir's middle one, 0 for none) or the dense one (er, conv); ``start_kernel`` / ``end_kernel``: uir's
+    ``'uir'`` universal inverted residual, ``'mqa'`` mobile (multi-query) attention, ``'conv'`` dense conv + BN +
+    act. ``kernel``: the depthwise kernel (ds, ir; uir's middle one, 0 for none; mqa's key/value down_conv) or the
+    dense one (er, conv); ``start_kernel`` / ``end_kernel``: uir's
     depthwise convs before the expansion and after the projection (0: none). ``expand``: the expansion ratio over
     the block's input channels. ``se``: the squeeze-excite ratio (0: none), applied as the family's
     :class:`SqueezeExciteRule` says. ``act``: None for the network's. ``pw_act``: a ds block activates after its
@@ -50,6 +52,8 @@ class Row:
     block's input (the EdgeTPU models' first block). MixNet's mixed convs: ``kernels`` (ds, ir): one depthwise
     kernel size per channel group (``kernel`` unused; empty: one ``kernel``); ``expand_splits`` (ir) /
     ``project_splits`` (ds, ir): channel groups of the 1x1 expansion / projection.
+    ``heads``, ``key_dim``, ``kv_stride``: an mqa block's query heads, its key and value width (timm's ``d``, both),
+    and the stride of its keys and values (1: full size).
     """
 
     block: BlockKind
@@ -69,16 +73,23 @@ class Row:
     kernels: tuple[int, ...] = ()
     expand_splits: int = 1
     project_splits: int = 1
+    heads: int = 0
+    key_dim: int = 0
+    kv_stride: int = 1
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
         mixed = ("kernels", "expand_splits", "project_splits")
+        attention = ("heads", "key_dim", "kv_stride")
         unused = {
-            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", *mixed),
-            "uir": ("se", "pw_act", "group_size", *mixed),
-            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "expand_splits"),
-            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
-            "er": ("pw_act", "start_kernel", "end_kernel", *mixed),
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", *mixed,
+                     *attention),
+            "uir": ("se", "pw_act", "group_size", *mixed, *attention),
+            "mqa": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "act",
+                    *mixed),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "expand_splits", *attention),
+            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size", *attention),
+            "er": ("pw_act", "start_kernel", "end_kernel", *mixed, *attention),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
@@ -126,7 +137,8 @@ class Recipe:
     ``divisor``: the multiple every width-scaled channel count is rounded to (timm's ``channel_divisor``; 16 in
     some GroupNorm EfficientNets). ``group_size``: channels per group of every ds and ir block's k x k conv (1:
     depthwise; timm's model-wide ``group_size``, the ``_g8``/``_g16`` models). ``norm``: every norm's config;
-    None: BatchNorm with PyTorch's momentum and ``build``'s ``bn_epsilon``."""
+    None: BatchNorm with PyTorch's momentum and ``build``'s ``bn_epsilon``.
+    ``layer_scale``: every uir and mqa block scales its output per channel (the MobileNetV4 hybrids)."""
 
     stem: int
     act: Activation
@@ -144,6 +156,7 @@ class Recipe:
     divisor: int = 8
     group_size: int = 1
     norm: NormConfig | None = None
+    layer_scale: bool = False
 
 
 def check_depth(depth_multiplier: float, where: str) -> None:
@@ -181,13 +194,17 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
 def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
     act = row.act or recipe.act
     skip = row.skip and stride == 1 and in_ch == out
+    if row.block == "mqa":
+        return MobileAttentionConfig(out_channels=out, kernel_size=row.kernel, stride=stride, num_heads=row.heads,
+                                     key_dim=row.key_dim, value_dim=row.key_dim, kv_stride=row.kv_stride,
+                                     layer_scale=recipe.layer_scale, skip=skip)  # fmt: skip
     if row.block == "conv":
         return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, skip=skip)
     mid = in_ch if row.block == "ds" else make_divisible(expand_in * row.expand)
     if row.block == "uir":
         return UniversalInvertedResidualConfig(
             out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
-            end_kernel_size=row.end_kernel, stride=stride, act=act, skip=skip,
+            end_kernel_size=row.end_kernel, stride=stride, act=act, layer_scale=recipe.layer_scale, skip=skip,
         )  # fmt: skip
     se_channels = _se_channels(row, mid, recipe.se, recipe.round_limit)
     # Without SE the configs keep their own SE defaults, as conversion reads them.
@@ -281,4 +298,5 @@ DS = functools.partial(Row, block="ds")
 IR = functools.partial(Row, block="ir")
 ER = functools.partial(Row, block="er")
 UIR = functools.partial(Row, block="uir")
+MQA = functools.partial(Row, block="mqa")
 CONV = functools.partial(Row, block="conv", kernel=1, skip=False)

@@ -2,8 +2,10 @@
 
 Submodule names (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``, ``se``, ``conv_pwl``, ``conv_exp``; the universal
 inverted residual's ``dw_start``, ``pw_exp``, ``dw_mid``, ``pw_proj``, ``dw_end``, each holding ``conv`` and ``bn``;
-MixNet's mixed convs hold their channel groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does)
-mirror timm's attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
+the mobile attention block's ``norm``, ``attn`` (``query``, ``key``, ``value``, ``output``, each holding ``proj``,
+the key and value also ``down_conv`` and ``norm``) and ``layer_scale``; MixNet's mixed convs hold their channel
+groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does) mirror timm's attribute names: they are the
+conversion keys, and never depend on Flax's automatic naming.
 """
 
 from flax_dsconv.nn.conv import (
@@ -20,6 +22,7 @@ from flax_dsconv.nn.edge_residual import EdgeResidual, EdgeResidualConfig
 from flax_dsconv.nn.global_context import GlobalContext
 from flax_dsconv.nn.inverted_residual import InvertedResidual, InvertedResidualConfig
 from flax_dsconv.nn.layer_scale import LayerScale
+from flax_dsconv.nn.mobile_attention import MobileAttention, MobileAttentionConfig, MultiQueryAttention
 from flax_dsconv.nn.norm import (
     BatchNorm,
     BatchNormConfig,
@@ -62,6 +65,9 @@ __all__ = [
     "LayerScale",
     "MixedDepthwiseConv",
     "MixedPointwiseConv",
+    "MobileAttention",
+    "MobileAttentionConfig",
+    "MultiQueryAttention",
     "NormConfig",
     "PointwiseConv",
     "SeparableConfig",

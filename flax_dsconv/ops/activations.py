@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Activation = Literal["relu", "relu6", "hard_swish", "hard_sigmoid", "sigmoid", "silu", "identity"]
+Activation = Literal["relu", "relu6", "hard_swish", "hard_sigmoid", "sigmoid", "silu", "gelu", "identity"]
 
 # 1/6 as a float32 pair: XLA rewrites a division by a constant as a product with its rounded reciprocal, and
 # float32(1/6) is 3e-8 (a quarter ulp) too large: every hard-swish and hard-sigmoid output came out biased the
@@ -54,6 +54,16 @@ def hard_swish(x: jax.Array) -> jax.Array:
     return _sixth(x * relu6(x + 3.0))
 
 
+_SQRT_HALF = float(np.sqrt(0.5))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """The exact GELU, ``x · Φ(x)`` through ``erf``: PyTorch's ``nn.GELU()`` default and timm's ``GELU``.
+    ``jax.nn.gelu`` defaults to the tanh approximation, which differs by up to ~5e-4 (a parity trap); written in
+    PyTorch's order, ``x · 0.5 · (1 + erf(x / √2))``, with lax's erf (see above on jax.nn)."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": relu,
     "relu6": relu6,
@@ -61,6 +71,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "hard_sigmoid": hard_sigmoid,
     "sigmoid": sigmoid,
     "silu": silu,
+    "gelu": gelu,
     "identity": lambda x: x,
 }
 
