@@ -18,6 +18,7 @@ from flax_dsconv.convert.torch_layers import TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
 from flax_dsconv.nn import (
     BlockConfig,
+    CondConvResidualConfig,
     ConvBNActConfig,
     DepthwiseSeparableConv,
     EdgeResidualConfig,
@@ -136,6 +137,36 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
     )
 
 
+def _cond_conv_residual(r: TorchReader, blk: Any, where: str) -> CondConvResidualConfig:
+    """timm's ``CondConvResidual``: ``routing_fn`` (a Linear with bias, on the pooled input, then a sigmoid) and
+    three ``CondConv2d`` of as many experts, each without bias, in an inverted residual."""
+    routing = r.linear(blk.routing_fn, f"{where}.routing_fn")
+    pw = r.cond_conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+    act = r.bn(blk.bn1, f"{where}.bn1")
+    dw = r.cond_conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+    dw_act = r.bn(blk.bn2, f"{where}.bn2")
+    se = _se(r, blk, where)
+    pwl = r.cond_conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
+    pwl_act = r.bn(blk.bn3, f"{where}.bn3")
+    if (dw_act, pwl_act) != (act, "identity"):
+        raise ConversionError(f"{where}: activations {act}, {dw_act}, {pwl_act} after bn1, bn2, bn3; expected {act} "
+                              "after the expansion and depthwise convs, none after the projection")  # fmt: skip
+    experts = {"routing_fn": routing["out"], "conv_pw": pw["experts"], "conv_dw": dw["experts"],
+               "conv_pwl": pwl["experts"]}  # fmt: skip
+    if len(set(experts.values())) > 1:
+        raise ConversionError(f"{where}: experts {experts}; expected one number for the routing and every conv")
+    if routing["inp"] != blk.conv_pw.in_channels or not routing["bias"]:
+        raise ConversionError(f"{where}.routing_fn: Linear({routing['inp']}, {routing['out']}, bias="
+                              f"{routing['bias']}); expected {blk.conv_pw.in_channels} inputs (the block's) and a "
+                              "bias")  # fmt: skip
+    biased = [n for n, conv in (("conv_pw", pw), ("conv_dw", dw), ("conv_pwl", pwl)) if conv["bias"]]
+    if biased:
+        raise ConversionError(f"{where}: {', '.join(biased)} with bias; expected CondConv2d without bias")
+    return CondConvResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
+                                  expand_channels=pw["out"], num_experts=routing["out"], act=act, skip=blk.has_skip,
+                                  **se)  # fmt: skip
+
+
 def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     name = type(blk).__name__
     aa = getattr(blk, "aa", None)
@@ -187,6 +218,8 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
         return EdgeResidualConfig(out_channels=pwl["out"], kernel_size=exp["k"], stride=exp["s"], dilation=exp["d"],
                                   expand_channels=exp["out"], groups=exp["groups"], act=act, skip=blk.has_skip,
                                   **se)  # fmt: skip
+    if name == "CondConvResidual":
+        return _cond_conv_residual(r, blk, where)
     if name == "UniversalInvertedResidual":
         return _universal_ir(r, blk, where)
     if name == "ConvBnAct":

@@ -19,10 +19,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
         "efficientnet_blur_b0", "mobilenetv4_conv_aa_large", "mobilenetv4_conv_aa_medium",
         "mobilenetv4_conv_blur_medium",
     ),
-    "CondConv (per-example routing over expert kernels)": (
-        "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e", "tf_efficientnet_cc_b0_4e",
-        "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
-    ),
     "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),

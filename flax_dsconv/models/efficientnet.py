@@ -26,6 +26,12 @@ B0_TABLE: Table = (
     (IR(out=192, repeats=4, kernel=5, stride=2, expand=6, se=0.25),),
     (IR(out=320, expand=6, se=0.25),),
 )
+# EfficientNet-CondConv (Yang et al. 2019): B0 with CondConv in the last three stages, 4 experts each before the
+# model's experts multiplier (timm's ``cc4``).
+CONDCONV_TABLE: Table = (
+    *B0_TABLE[:4],
+    *(tuple(dataclasses.replace(row, experts=4) for row in stage) for stage in B0_TABLE[4:]),
+)
 LITE0_TABLE: Table = tuple(tuple(dataclasses.replace(row, se=0.0) for row in stage) for stage in B0_TABLE)
 
 # EfficientNet-EdgeTPU-S: fused MBConvs (edge residuals) in the early stages, no SE; the first block expands
@@ -68,6 +74,33 @@ def efficientnet(
     """
     return build(B0_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
                  in_channels=in_channels, dtype=dtype, where="efficientnet", **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_condconv(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    experts_multiplier: int = 1,
+    num_classes: int = 1000,
+    *,
+    tf: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-CondConv (timm's ``efficientnet_cc_*``): :func:`efficientnet` whose last three stages are
+    :class:`~flax_dsconv.nn.CondConvResidual` blocks of ``4 · experts_multiplier`` experts; options as
+    :func:`efficientnet`.
+
+    >>> model = efficientnet_condconv(1.0, 1.1, experts_multiplier=2)  # CondConv-B1, 8 experts
+    """
+    if isinstance(experts_multiplier, bool) or not isinstance(experts_multiplier, int) or experts_multiplier < 1:
+        raise ValueError(f"efficientnet_condconv: experts_multiplier must be a positive int, got "
+                         f"{experts_multiplier!r}")  # fmt: skip
+    table = tuple(tuple(dataclasses.replace(row, experts=row.experts * experts_multiplier) for row in stage)
+                  for stage in CONDCONV_TABLE)  # fmt: skip
+    return build(table, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet_condconv",
+                 **(TF_PORT if tf else {}))  # fmt: skip
 
 
 def efficientnet_lite(
@@ -138,6 +171,10 @@ LITE_SCALES: dict[str, tuple[float, float]] = {
     "lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2), "lite3": (1.2, 1.4), "lite4": (1.4, 1.8),
 }  # fmt: skip
 EDGETPU_SCALES: dict[str, tuple[float, float]] = {"es": (1.0, 1.0), "em": (1.0, 1.1), "el": (1.2, 1.4)}
+# CondConv: (width, depth, experts multiplier) — 4 or 8 experts.
+CONDCONV_SCALES: dict[str, tuple[float, float, int]] = {
+    "b0_4e": (1.0, 1.0, 1), "b0_8e": (1.0, 1.0, 2), "b1_8e": (1.0, 1.1, 2),
+}  # fmt: skip
 TINYNET_SCALES: dict[str, tuple[float, float]] = {
     "a": (1.0, 1.2), "b": (0.75, 1.1), "c": (0.54, 0.85), "d": (0.54, 0.695), "e": (0.51, 0.6),
 }  # fmt: skip
@@ -151,6 +188,8 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
        for tag, (w, d) in LITE_SCALES.items() for p in ("", "tf_")},
     **{f"{p}efficientnet_{tag}": functools.partial(efficientnet_edgetpu, w, d, tf=p == "tf_")
        for tag, (w, d) in EDGETPU_SCALES.items() for p in ("", "tf_")},
+    **{f"{p}efficientnet_cc_{tag}": functools.partial(efficientnet_condconv, w, d, e, tf=p == "tf_")
+       for tag, (w, d, e) in CONDCONV_SCALES.items() for p in ("", "tf_")},
     "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},

@@ -18,6 +18,7 @@ from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import (
     BatchNormConfig,
     BlockConfig,
+    CondConvResidualConfig,
     ConvBNActConfig,
     EdgeResidualConfig,
     InvertedResidualConfig,
@@ -62,15 +63,16 @@ class Row:
     end_kernel: int = 0
     group_size: int = 0
     expand_from: int = 0
+    experts: int = 0
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
         unused = {
-            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from"),
-            "uir": ("se", "pw_act", "group_size"),
-            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from"),
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "experts"),
+            "uir": ("se", "pw_act", "group_size", "experts"),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "experts"),
             "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
-            "er": ("pw_act", "start_kernel", "end_kernel"),
+            "er": ("pw_act", "start_kernel", "end_kernel", "experts"),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
@@ -178,6 +180,9 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     if row.block == "ds":
         return SeparableConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, pw_act=row.pw_act,
                                skip=skip, **se)  # fmt: skip
+    if row.block == "ir" and row.experts:
+        return CondConvResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
+                                      num_experts=row.experts, act=act, skip=skip, **se)  # fmt: skip
     if row.block == "ir":
         return InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
                                       act=act, skip=skip, **se)  # fmt: skip

@@ -6,6 +6,7 @@ MixNet's mixed convs hold their channel groups as ``'0'``, ``'1'``... as timm's 
 mirror timm's attribute names: they are the conversion keys, and never depend on Flax's automatic naming.
 """
 
+from flax_dsconv.nn.cond_conv import CondConv, CondConvResidual, CondConvResidualConfig
 from flax_dsconv.nn.conv import (
     DepthwiseConv,
     MixedDepthwiseConv,
@@ -30,6 +31,9 @@ __all__ = [
     "BatchNormConfig",
     "BlockConfig",
     "BlockContext",
+    "CondConv",
+    "CondConvResidual",
+    "CondConvResidualConfig",
     "ConvBNAct",
     "ConvBNActConfig",
     "DepthwiseConv",
