@@ -1,5 +1,6 @@
-"""Block families against timm's own blocks: the edge residual (fused MBConv) and MixNet's mixed-conv inverted
-residual alone, forward and both gradients, and the timm models built of them, converted whole."""
+"""Block families against timm's own blocks: the edge residual (fused MBConv), MixNet's mixed-conv inverted
+residual and CondConv's (its layer too) alone, forward and both gradients, and the timm models built of them,
+converted whole."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ import torch
 from conftest import assert_as_close_as_torch, channels_last, randomize_batchnorm, to_nchw, to_nhwc
 from flax import traverse_util
 from kinks import nudge_off_kinks
+from timm.layers.cond_conv2d import CondConv2d as TimmCondConv2d
+from timm.models._efficientnet_blocks import CondConvResidual as TimmCondConvResidual
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv as TimmSeparable
 from timm.models._efficientnet_blocks import EdgeResidual as TimmEdgeResidual
 from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
 from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
 
 from flax_dsconv import from_torch, to_torch_state_dict
-from flax_dsconv.convert.plan import TO_FLAX, TO_TORCH, check_keys, dotted, plan
+from flax_dsconv.convert.plan import TO_TORCH, Entry, check_keys, dotted, plan, to_flax
 from flax_dsconv.nn import (
+    CondConv,
+    CondConvResidual,
+    CondConvResidualConfig,
     DepthwiseSeparableConv,
     EdgeResidual,
     InvertedResidual,
@@ -78,7 +84,7 @@ def _variables(module, blk: torch.nn.Module, in_channels: int) -> tuple[dict, li
     entries = plan(abstract_variables(module, in_channels), dotted)
     state = blk.state_dict()
     check_keys(entries, state, f"the timm {type(blk).__name__}")
-    flat = {e.flax_key: jnp.asarray(TO_FLAX[e.layout](state[e.torch_key].numpy())) for e in entries}
+    flat = {e.flax_key: jnp.asarray(to_flax(e, state[e.torch_key].numpy())) for e in entries}
     return traverse_util.unflatten_dict(flat), entries
 
 
@@ -244,6 +250,137 @@ def test_edge_residual_refuses_nchw_input_naming_its_channels():
     variables = abstract_variables(module, 16)
     with pytest.raises(ValueError, match=r"expected NHWC input with 16 channels.*NCHW\?"):
         jax.eval_shape(module.apply, variables, jax.ShapeDtypeStruct((1, 16, 8, 8), jnp.float32))
+
+
+# CondConv2d arguments (timm's), on 8 input channels: dense and depthwise, strides, both padding rules, bias.
+COND_CONV_CASES = {
+    "pointwise_4e": dict(out_channels=12, kernel_size=1, num_experts=4),
+    "dense_k3_bias_8e": dict(out_channels=6, kernel_size=3, bias=True, num_experts=8),
+    "depthwise_k3_stride2": dict(out_channels=8, kernel_size=3, stride=2, groups=8, num_experts=4),
+    "depthwise_k5_same_stride2": dict(out_channels=8, kernel_size=5, stride=2, groups=8, padding="same",
+                                      num_experts=3),
+    "depthwise_k3_dilated": dict(out_channels=8, kernel_size=3, dilation=2, groups=8, num_experts=2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(COND_CONV_CASES))
+def test_cond_conv_matches_timm_forward_and_gradients_of_input_routing_and_experts(name):
+    case = COND_CONV_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 11, 11, generator=g)  # odd: 'SAME' pads asymmetrically at stride 2
+    routing = torch.rand(3, case["num_experts"], generator=g)
+    conv = TimmCondConv2d(8, **case)
+    with torch.no_grad():
+        conv.weight.normal_(0, 0.3, generator=g)
+        if conv.bias is not None:
+            conv.bias.normal_(0, 0.1, generator=g)
+    results = {}
+    for run, dtype, memory_format in (("exact", torch.float64, torch.contiguous_format),
+                                      ("nchw", torch.float32, torch.contiguous_format),
+                                      ("nhwc", torch.float32, torch.channels_last)):  # fmt: skip
+        m = copy.deepcopy(conv).to(dtype)
+        xr = x.to(dtype).to(memory_format=memory_format).clone().requires_grad_(True)
+        rr = routing.to(dtype).clone().requires_grad_(True)
+        out = m(xr, rr)
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out * cotangent).sum().backward()
+        results[run] = {"output": out.detach().numpy(), "input": xr.grad.numpy(), "routing": rr.grad.numpy(),
+                        **{k: p.grad.numpy() for k, p in m.named_parameters()}}  # fmt: skip
+    module = CondConv(case["out_channels"], case["num_experts"], case["kernel_size"], case.get("stride", 1),
+                      "SAME" if case.get("padding") == "same" else "torch", case.get("dilation", 1),
+                      depthwise=case.get("groups", 1) > 1, use_bias=case.get("bias", False))  # fmt: skip
+    shapes = jax.eval_shape(module.init, jax.random.key(0), to_nhwc(x), jnp.asarray(routing.numpy()))
+    kernel_shape = tuple(shapes["params"]["kernel"].shape)
+    entry = Entry(("params", "kernel"), "weight", tuple(conv.weight.shape), "experts", kernel_shape)
+    params = {"kernel": jnp.asarray(to_flax(entry, conv.weight.detach().numpy()))}
+    if conv.bias is not None:
+        params["bias"] = jnp.asarray(conv.bias.detach().numpy())
+    cotangent = torch.randn(results["exact"]["output"].shape, generator=torch.Generator().manual_seed(1))
+
+    @jax.jit
+    def forward_and_vjp(params, x, routing, cotangent):
+        out, vjp = jax.vjp(lambda p, x, r: module.apply({"params": p}, x, r), params, x, routing)
+        return out, *vjp(cotangent)
+
+    out, g_params, g_x, g_routing = forward_and_vjp(params, to_nhwc(x), jnp.asarray(routing.numpy()),
+                                                    to_nhwc(cotangent))  # fmt: skip
+    flax = {"output": to_nchw(out), "input": to_nchw(g_x), "routing": np.asarray(g_routing),
+            "weight": TO_TORCH["experts"](np.asarray(g_params["kernel"]))}  # fmt: skip
+    if conv.bias is not None:
+        flax["bias"] = np.asarray(g_params["bias"])
+    exact, torch32 = results.pop("exact"), list(results.values())
+    print(assert_as_close_as_torch("output", {"output": flax.pop("output")},
+                                   [{"output": r.pop("output")} for r in torch32],
+                                   {"output": exact.pop("output")}, f"CondConv {name}"))  # fmt: skip
+    print(assert_as_close_as_torch("gradient", flax, torch32, exact, f"CondConv {name} gradients"))
+
+
+# timm CondConvResidual arguments on 16 channels, with the activation's name and whether the block adds its input.
+COND_CONV_BLOCK_CASES = {
+    "stride1_se_skip_4e": dict(out_chs=16, exp_ratio=4.0, num_experts=4, se=True, skip=True),
+    "k5_same_stride2_8e": dict(out_chs=24, dw_kernel_size=5, stride=2, pad_type="same", exp_ratio=6.0,
+                               num_experts=8, se=True, skip=False),
+    "k3_stride2_noskip": dict(out_chs=16, stride=2, exp_ratio=2.0, num_experts=2, skip=False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(COND_CONV_BLOCK_CASES))
+def test_cond_conv_inverted_residual_matches_timm_forward_and_both_gradients(name, train):
+    """timm's CondConvResidual (SiLU, sigmoid-gated SE as EfficientNet-CondConv builds it), the routing included:
+    ``routing_fn``'s gradients come only through the experts' mixture."""
+    case = COND_CONV_BLOCK_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 12, 12, generator=g)
+    se_layer = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / case["exp_ratio"]) if case.get("se") else None
+    args = {k: v for k, v in case.items() if k not in ("se", "skip")}
+    blk = TimmCondConvResidual(IN_CHANNELS, act_layer=torch.nn.SiLU, se_layer=se_layer, **args)
+    assert blk.has_skip == case["skip"]
+    with torch.no_grad():
+        for conv in (blk.conv_pw, blk.conv_dw, blk.conv_pwl):  # experts that differ, so the routing matters
+            conv.weight.normal_(0, (2 / conv.weight[0].numel() * conv.num_experts) ** 0.5, generator=g)
+        blk.routing_fn.weight.normal_(0, 1.0, generator=g)
+        blk.routing_fn.bias.normal_(0, 0.5, generator=g)
+    blk = randomize_batchnorm(blk, x).train(train)
+    module = CondConvResidual(case["out_chs"], blk.conv_pw.out_channels, case["num_experts"],
+                              kernel_size=case.get("dw_kernel_size", 3), strides=case.get("stride", 1),
+                              padding="SAME" if case.get("pad_type") == "same" else "torch", act="silu",
+                              se_channels=blk.se.conv_reduce.out_channels if case.get("se") else 0, se_act="silu",
+                              skip=case["skip"])  # fmt: skip
+    size = 12 // case.get("stride", 1)
+    cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, train, f"CondConvResidual {name}")
+
+
+def test_cond_conv_refuses_bad_settings_naming_them():
+    with pytest.raises(ValueError, match=r"CondConvResidualConfig: num_experts must be a positive int, got 0"):
+        CondConvResidualConfig(out_channels=8, expand_channels=16, num_experts=0)
+    x, routing = jnp.ones((2, 8, 8, 4)), jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"routing weights must be \(batch, num_experts\) = \(2, 4\), got shape"):
+        CondConv(8, num_experts=4).init(jax.random.key(0), x, routing)
+    with pytest.raises(ValueError, match=r"num_experts must be a positive int, got True"):
+        CondConv(8, num_experts=True).init(jax.random.key(0), x, routing)
+
+
+def test_an_edited_cond_conv_block_is_refused_naming_the_module():
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+
+    with torch.device("meta"):
+        model = timm.create_model("efficientnet_cc_b0_4e")
+        block = model.blocks[4][0]
+        block.routing_fn = torch.nn.Linear(block.routing_fn.in_features, 4, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0\.routing_fn: Linear\(80, 4, bias=False\)"):
+        describe(model)
+    with torch.device("meta"):
+        block.routing_fn = torch.nn.Linear(block.routing_fn.in_features, 4)
+        block.conv_dw = TimmCondConv2d(480, 480, 5, groups=480, num_experts=8)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0: experts .*'conv_dw': 8"):
+        describe(model)
+    with torch.device("meta"):
+        block.conv_dw = torch.nn.Conv2d(480, 480, 5, padding=2, groups=480, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0\.conv_dw: Conv2d, expected a convolution \(CondConv2d\)"):
+        describe(model)
 
 
 # ------------------------------------------------------------------------------------------ whole models
