@@ -64,6 +64,17 @@ def _torch_stats(model) -> dict[str, np.ndarray]:
 # input), its biases nudged so that no pre-activation sits within fp32 rounding of an activation's kink (see
 # kinks.py: without that, one ReLU input at 1.9e-6 that rounds below 0 in one run zeroes an element's gradient and
 # puts every upstream gradient 5-9% off float64, which is what a MobileNetV1 draw did in eager mode on AVX-512).
+def _tiny_condconv() -> torch.nn.Module:
+    """A small EfficientNet-CondConv as timm builds one (SiLU, sigmoid-gated SE, routing by a sigmoid): a
+    separable block, then two CondConv inverted residuals of 4 experts (k3 and k5, stride 2)."""
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    arch = [["ds_r1_k3_s1_e1_c8_se0.25"], ["ir_r1_k3_s2_e4_c16_se0.25_cc4"], ["ir_r1_k5_s2_e4_c24_se0.25_cc4"]]
+    return EfficientNet(decode_arch_def(arch), num_classes=10, num_features=64, stem_size=8,
+                        act_layer=torch.nn.SiLU)  # fmt: skip
+
+
 GRAD_FAMILIES = {
     "torch_ref_mobilenet_v1_025": lambda: torch_ref.MobileNetV1(0.25, num_classes=10, dropout=0.0),
     "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10, dropout=0.0),
@@ -72,6 +83,8 @@ GRAD_FAMILIES = {
     "timm_tf_mobilenetv3_small_075": lambda: timm.create_model("tf_mobilenetv3_small_075", num_classes=10),  # 'SAME'
     # EdgeResidual and SiLU/sigmoid squeeze-excite inverted residuals (the EfficientNet family's blocks)
     "timm_test_efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=10),
+    # CondConv inverted residuals: per-example expert mixtures, gradients through the routing
+    "timm_tiny_condconv": _tiny_condconv,
 }
 # Eager execution compiles each primitive on its own (40-90 s a model on 2 cores), and what it can get wrong is the
 # library's own VJPs (shifted depthwise, pointwise, BatchNorm; see EAGER_IMPLEMENTATIONS), which MobileNetV1 runs
@@ -84,6 +97,9 @@ DRAWS = (0, 1, 2)
 GRAD_SHAPE = (4, 3, 64, 64)
 # 'pallas' runs on a GPU only; its gradients are compared with 'xla' in test_pallas.py.
 IMPLEMENTATIONS = ("xla", "shifted")
+# The CondConv blocks' convs have no depthwise implementation to choose (their per-example kernels run as one
+# grouped lax convolution): that family's other layers are the other families', so it runs once, with 'xla'.
+FAMILY_IMPLEMENTATIONS = {"timm_tiny_condconv": ("xla",)}
 # Outside jit, what can differ is the library's own VJPs (the shifted depthwise conv, the pointwise conv and
 # BatchNorm): 'shifted' runs all three. 'xla' is lax's convolution under jax's autodiff, eager or not, and
 # compiling its gradient one primitive at a time took 40 s a model.
@@ -124,7 +140,7 @@ def _check_gradients(family: str, draw: int) -> None:
         stats[name] = _torch_stats(m)
     torch32 = [grads["nchw"], grads["nhwc"]]
     xj, yj = to_nhwc(x), jnp.asarray(y)
-    for implementation in IMPLEMENTATIONS:
+    for implementation in FAMILY_IMPLEMENTATIONS.get(family, IMPLEMENTATIONS):
         clone = module.clone(depthwise=implementation)
         modes = {"jit": functools.partial(_value_and_grad, clone)}
         if family in EAGER_FAMILIES and implementation in EAGER_IMPLEMENTATIONS:
@@ -236,9 +252,10 @@ def test_optimizer_updates_match_torch_on_tensors(name):
         np.testing.assert_allclose(jax_params[k], expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
-def _batches(n: int = 2):
+def _batches(n: int = 2, batch: int = 16):
     g = torch.Generator().manual_seed(2)
-    return [(torch.randn((16, 3, 64, 64), generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+    return [(torch.randn((batch, 3, 64, 64), generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -256,6 +273,14 @@ def test_training_trajectory_of_edge_residual_and_squeeze_excite_blocks_matches_
     stages, all SiLU, sigmoid gates: the EfficientNet family's blocks through 20 steps of SGD with momentum."""
     batches = _batches()
     model = randomize_batchnorm(timm.create_model("test_efficientnet", num_classes=10), batches[0][0])
+    _check_trajectory("sgd_momentum", model, batches)
+
+
+def test_training_trajectory_of_cond_conv_blocks_matches_torch():
+    """20 steps of SGD with momentum on a small EfficientNet-CondConv (batch 4): the experts, the routing layers and
+    the BatchNorm statistics of every CondConv block stay as close to float64 as PyTorch's."""
+    batches = _batches(batch=4)
+    model = randomize_batchnorm(_tiny_condconv(), batches[0][0])
     _check_trajectory("sgd_momentum", model, batches)
 
 

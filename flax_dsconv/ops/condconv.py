@@ -37,13 +37,18 @@ def conv_per_example(
     precision: Any = None,
 ) -> Array:
     """NHWC ``x`` convolved example by example, example ``b`` with ``kernels[b]`` (``(batch, kh, kw, in // groups,
-    out)``); ``vmap`` over the batch, which XLA lowers to one convolution grouped over the examples."""
-    if kernels.shape[0] != x.shape[0]:
-        raise ValueError(f"one kernel per example expected: {x.shape[0]} examples, {kernels.shape[0]} kernels")
+    out)``) in ``groups`` groups.
 
-    def one(image: Array, kernel: Array) -> Array:
-        return jax.lax.conv_general_dilated(image[None], kernel, window_strides=strides, padding=padding,
-                                            rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            feature_group_count=groups, precision=precision)[0]  # fmt: skip
-
-    return jax.vmap(one)(x, kernels)
+    One convolution of a single image whose channels are the examples' side by side (``b·C + c``), grouped ``batch ·
+    groups`` ways, the kernels laid out to match (output channel ``b·out + o``): what ``vmap`` of the conv lowers
+    to, written out, which compiles and runs faster on XLA:CPU."""
+    batch, height, width, channels = x.shape
+    if kernels.shape[0] != batch:
+        raise ValueError(f"one kernel per example expected: {batch} examples, {kernels.shape[0]} kernels")
+    _, kh, kw, cin, cout = kernels.shape
+    images = x.transpose(1, 2, 0, 3).reshape(1, height, width, batch * channels)
+    stacked = kernels.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, batch * cout)
+    y = jax.lax.conv_general_dilated(images, stacked, window_strides=strides, padding=padding, rhs_dilation=dilation,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=batch * groups,
+                                     precision=precision)  # fmt: skip
+    return y.reshape(*y.shape[1:3], batch, cout).transpose(2, 0, 1, 3)
