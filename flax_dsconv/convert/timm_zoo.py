@@ -15,10 +15,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
         "efficientnet_b0_g16_evos", "efficientnet_b0_g8_gn", "efficientnet_b0_gn", "efficientnet_b3_g8_gn",
         "efficientnet_b3_gn", "test_efficientnet_evos", "test_efficientnet_gn", "test_efficientnet_ln",
     ),
-    "anti-aliased downsampling (BlurPool2d, or AvgPool2d before a stride-1 conv)": (
-        "efficientnet_blur_b0", "mobilenetv4_conv_aa_large", "mobilenetv4_conv_aa_medium",
-        "mobilenetv4_conv_blur_medium",
-    ),
     "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
         "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
     ),

@@ -15,6 +15,7 @@ from typing import Any
 
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.models.table import DS, EFFICIENTNET_SE, ER, IR, TF_PORT, Recipe, Table, build
+from flax_dsconv.ops.antialias import AntiAlias
 
 # EfficientNet-B0, Table 1: MBConv1 (no expansion: a depthwise separable block), then MBConv6; SE 0.25 throughout.
 B0_TABLE: Table = (
@@ -62,18 +63,21 @@ def efficientnet(
     num_classes: int = 1000,
     *,
     tf: bool = False,
+    aa: AntiAlias = "none",
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
 ) -> MobileNet:
     """EfficientNet as timm builds it: B0's table, SiLU (swish), squeeze-excite, scaled by the compound
     coefficients (B1 is ``(1.0, 1.1)``, B7 ``(2.0, 3.1)``: see ``EFFICIENTNET_SCALES``). ``tf=True`` matches the
-    TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3).
+    TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3). ``aa``: anti-aliased
+    downsampling in the strided blocks (``'blur'``: timm's ``efficientnet_blur_b0``).
 
     >>> model = efficientnet(1.2, 1.4, num_classes=10)  # B3
     """
     return build(B0_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
-                 in_channels=in_channels, dtype=dtype, where="efficientnet", **(TF_PORT if tf else {}))  # fmt: skip
+                 in_channels=in_channels, aa=aa, dtype=dtype, where="efficientnet",
+                 **(TF_PORT if tf else {}))  # fmt: skip
 
 
 def efficientnet_condconv(
@@ -190,6 +194,7 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
        for tag, (w, d) in EDGETPU_SCALES.items() for p in ("", "tf_")},
     **{f"{p}efficientnet_cc_{tag}": functools.partial(efficientnet_condconv, w, d, e, tf=p == "tf_")
        for tag, (w, d, e) in CONDCONV_SCALES.items() for p in ("", "tf_")},
+    "efficientnet_blur_b0": functools.partial(efficientnet, *EFFICIENTNET_SCALES["b0"], aa="blur"),
     "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},

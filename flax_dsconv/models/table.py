@@ -26,6 +26,7 @@ from flax_dsconv.nn import (
     UniversalInvertedResidualConfig,
 )
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import AntiAlias
 
 BlockKind = Literal["ds", "ir", "er", "uir", "conv"]
 DepthTrunc = Literal["ceil", "round"]
@@ -161,16 +162,21 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
     return make_divisible(reduced, round_limit=round_limit) if rule.divisible else round(reduced)
 
 
-def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
+def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe, aa: AntiAlias = "none"
+           ) -> BlockConfig:  # fmt: skip
     act = row.act or recipe.act
     skip = row.skip and stride == 1 and in_ch == out
+    aa = aa if stride > 1 else "none"  # timm anti-aliases the strided blocks only
+    if aa != "none" and (row.block in ("conv", "ds") or row.experts):
+        raise ValueError(f"build: aa={aa!r} on a strided {row.block!r}{' CondConv' if row.experts else ''} block; "
+                         "anti-aliasing is implemented for ir, er and uir blocks")  # fmt: skip
     if row.block == "conv":
         return ConvBNActConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, skip=skip)
     mid = in_ch if row.block == "ds" else make_divisible(expand_in * row.expand)
     if row.block == "uir":
         return UniversalInvertedResidualConfig(
             out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
-            end_kernel_size=row.end_kernel, stride=stride, act=act, skip=skip,
+            end_kernel_size=row.end_kernel, stride=stride, act=act, skip=skip, aa=aa,
         )  # fmt: skip
     se_channels = _se_channels(row, mid, recipe.se, recipe.round_limit)
     # Without SE the configs keep their own SE defaults, as conversion reads them.
@@ -185,9 +191,10 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
                                       num_experts=row.experts, act=act, skip=skip, **se)  # fmt: skip
     if row.block == "ir":
         return InvertedResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
-                                      act=act, skip=skip, **se)  # fmt: skip
+                                      act=act, skip=skip, aa=aa, **se)  # fmt: skip
     return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
-                              groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
+                              groups=mid // row.group_size if row.group_size else 1, skip=skip, aa=aa,
+                              **se)  # fmt: skip
 
 
 def build(
@@ -201,12 +208,14 @@ def build(
     in_channels: int = 3,
     padding: Padding = "torch",
     bn_epsilon: float = 1e-5,
+    aa: AntiAlias = "none",
     dtype: Any | None = None,
     where: str = "build",
 ) -> MobileNet:
     """The network ``table`` describes under ``recipe``: every row's channels ``make_divisible(c · width)``, every
     stage's repeats :func:`scale_depth`-ed (``depth_multiplier``: one for all stages or one per stage), PyTorch's
-    BatchNorm momentum. ``where`` names the builder in errors.
+    BatchNorm momentum. ``aa``: anti-aliased downsampling in every strided block (timm's ``aa_layer``; the stem
+    keeps its strided conv). ``where`` names the builder in errors.
 
     >>> model = build(((Row(block="ds", out=16),), (Row(block="ir", out=24, stride=2, expand=6),)), recipe)
     """
@@ -228,7 +237,8 @@ def build(
         for row, n in zip(stage, repeats, strict=True):
             expand_in = ch(row.expand_from) if row.expand_from else 0
             for i in range(n):
-                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe))
+                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe,
+                                     aa))  # fmt: skip
                 in_ch = blocks[-1].out_channels
         stages.append(tuple(blocks))
     head = recipe.head_channels

@@ -15,6 +15,7 @@ from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.antialias import AntiAlias, anti_alias, check_anti_alias
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -23,7 +24,8 @@ class EdgeResidualConfig(BlockConfig):
     """An :class:`EdgeResidual` in a network: ``expand_channels`` wide inside, its k x k conv in ``groups``
     groups (1: dense), squeeze-excite of ``se_channels`` (0: none) after it.
 
-    The gate defaults to the sigmoid: timm's ``SqueezeExcite`` default, which every EfficientNet uses.
+    The gate defaults to the sigmoid: timm's ``SqueezeExcite`` default, which every EfficientNet uses. ``aa``:
+    anti-aliased downsampling (``'avg'``, ``'blur'``: the k x k conv at stride 1, then that pool strides).
     """
 
     kind = "er"
@@ -32,13 +34,18 @@ class EdgeResidualConfig(BlockConfig):
     se_channels: int = 0
     se_act: Activation = "relu"
     se_gate: Activation = "sigmoid"
+    aa: AntiAlias = "none"
+
+    def __post_init__(self) -> None:
+        check_anti_alias(self.aa, self.stride, "EdgeResidualConfig")
 
 
 class EdgeResidual(nn.Module):
     """Edge residual / fused MBConv (timm's ``EdgeResidual``).
 
     ``conv_exp`` (k x k, stride, dilation, ``groups``) → ``bn1`` → act → [``se``] → ``conv_pwl`` (1x1 linear
-    projection) → ``bn2``, plus the input when ``skip``.
+    projection) → ``bn2``, plus the input when ``skip``. ``aa`` (``'avg'``, ``'blur'``): ``conv_exp`` runs at
+    stride 1 and that pool strides after ``bn1`` and its activation (timm's ``aa_layer``).
 
     >>> EdgeResidual(features=48, expand_channels=128, strides=2).init(key, jnp.ones((1, 56, 56, 32)))
     """
@@ -54,6 +61,7 @@ class EdgeResidual(nn.Module):
     se_channels: int = 0
     se_act: str = "relu"
     se_gate: str = "sigmoid"
+    aa: str = "none"
     skip: bool = False
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
@@ -65,11 +73,13 @@ class EdgeResidual(nn.Module):
         check_nhwc(x, None if kernel is None else kernel[-2] * self.groups, where(self))
         if x.shape[-1] % self.groups:  # flax.linen.Conv only asserts this
             raise ValueError(f"{where(self)}: {x.shape[-1]} input channels do not split into groups={self.groups}")
+        check_anti_alias(self.aa, self.strides, where(self))
         norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
-        x = full_conv(self.expand_channels, self.kernel_size, self.strides, self.padding, self.dilation,
+        strides = 1 if self.aa != "none" else self.strides
+        x = full_conv(self.expand_channels, self.kernel_size, strides, self.padding, self.dilation,
                       groups=self.groups, dtype=self.dtype, name="conv_exp")(x)  # fmt: skip
-        x = activation(self.act)(norm(name="bn1")(x))
+        x = anti_alias(activation(self.act)(norm(name="bn1")(x)), self.aa, self.strides)
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
         x = PointwiseConv(self.features, dtype=self.dtype, name="conv_pwl")(x)
@@ -90,6 +100,7 @@ class EdgeResidual(nn.Module):
             se_channels=config.se_channels,
             se_act=config.se_act,
             se_gate=config.se_gate,
+            aa=config.aa,
             skip=config.skip,
             norm=context.norm,
             axis_name=context.axis_name,

@@ -8,12 +8,13 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from flax_dsconv.nn.common import add_residual
+from flax_dsconv.nn.common import add_residual, where
 from flax_dsconv.nn.conv import block_depthwise, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
+from flax_dsconv.ops.antialias import AntiAlias, anti_alias, check_anti_alias
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -22,7 +23,9 @@ class InvertedResidualConfig(BlockConfig):
     """An :class:`InvertedResidual` in a network: ``expand_channels`` wide inside, squeeze-excite of
     ``se_channels`` (0: none) after the depthwise conv. MixNet's mixed convs: ``kernel_sizes`` (one per channel
     group of the depthwise conv; ``kernel_size`` is then the largest; empty: one ``kernel_size`` kernel),
-    ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv)."""
+    ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv). ``aa``:
+    anti-aliased downsampling (``'avg'``, ``'blur'``: the depthwise conv at stride 1, then that pool strides;
+    :mod:`~flax_dsconv.ops.antialias`)."""
 
     kind = "ir"
     expand_channels: int
@@ -33,11 +36,13 @@ class InvertedResidualConfig(BlockConfig):
     kernel_sizes: tuple[int, ...] = ()
     expand_splits: int = 1
     project_splits: int = 1
+    aa: AntiAlias = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "InvertedResidualConfig"))  # fmt: skip
         check_splits(self, ("expand_splits", "project_splits"))
+        check_anti_alias(self.aa, self.stride, "InvertedResidualConfig")
 
 
 class InvertedResidual(nn.Module):
@@ -48,7 +53,8 @@ class InvertedResidual(nn.Module):
 
     MixNet's variant (Tan & Le 2019): ``kernel_sizes`` makes ``conv_dw`` a :class:`MixedDepthwiseConv` (one
     kernel size per channel group), ``expand_splits``/``project_splits`` > 1 make ``conv_pw``/``conv_pwl`` a
-    :class:`MixedPointwiseConv` each.
+    :class:`MixedPointwiseConv` each. ``aa`` (``'avg'``, ``'blur'``): ``conv_dw`` runs at stride 1 and that pool
+    strides after ``bn2`` and its activation (timm's ``aa_layer``).
 
     >>> InvertedResidual(features=24, expand_channels=96, strides=2).init(key, jnp.ones((1, 56, 56, 16)))
     """
@@ -66,6 +72,7 @@ class InvertedResidual(nn.Module):
     kernel_sizes: tuple[int, ...] = ()
     expand_splits: int = 1
     project_splits: int = 1
+    aa: str = "none"
     skip: bool = False
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
@@ -76,12 +83,14 @@ class InvertedResidual(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
+        check_anti_alias(self.aa, self.strides, where(self))
         shortcut = x
         x = pointwise_conv(self.expand_channels, self.expand_splits, dtype=self.dtype, name="conv_pw")(x)
         x = act(norm(name="bn1")(x))
-        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
+        strides = 1 if self.aa != "none" else self.strides
+        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, strides, self.padding, self.dilation,
                             implementation=self.depthwise, dtype=self.dtype)  # fmt: skip
-        x = act(norm(name="bn2")(x))
+        x = anti_alias(act(norm(name="bn2")(x)), self.aa, self.strides)
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
         x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pwl")(x)
@@ -104,6 +113,7 @@ class InvertedResidual(nn.Module):
             kernel_sizes=config.kernel_sizes,
             expand_splits=config.expand_splits,
             project_splits=config.project_splits,
+            aa=config.aa,
             skip=config.skip,
             norm=context.norm,
             axis_name=context.axis_name,

@@ -49,7 +49,7 @@ def avg_pool(x: Array, stride: int = 2) -> Array:
     return total / stride**2
 
 
-def anti_alias(x: Array, kind: AntiAlias, stride: int) -> Array:
+def anti_alias(x: Array, kind: str, stride: int) -> Array:
     """``x`` downsampled by ``stride`` as ``kind`` says (``'none'``: unchanged; the conv before it strided)."""
     if kind == "none":
         return x
