@@ -1,6 +1,6 @@
 """Block families against timm's own blocks: the edge residual (fused MBConv), MixNet's mixed-conv inverted
-residual and CondConv's (its layer too) alone, forward and both gradients, and the timm models built of them,
-converted whole."""
+residual, CondConv's (its layer too) and the anti-aliased (avg / blur pool) blocks alone, forward and both
+gradients, and the timm models built of them, converted whole."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv as TimmSepar
 from timm.models._efficientnet_blocks import EdgeResidual as TimmEdgeResidual
 from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
 from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
+from timm.models._efficientnet_blocks import UniversalInvertedResidual as TimmUniversalInvertedResidual
 
 from flax_dsconv import from_torch, to_torch_state_dict
 from flax_dsconv.convert.plan import TO_TORCH, Entry, check_keys, dotted, plan, to_flax
@@ -31,11 +32,15 @@ from flax_dsconv.nn import (
     CondConvResidualConfig,
     DepthwiseSeparableConv,
     EdgeResidual,
+    EdgeResidualConfig,
     InvertedResidual,
     InvertedResidualConfig,
     SeparableConfig,
+    UniversalInvertedResidual,
+    UniversalInvertedResidualConfig,
     split_channels,
 )
+from flax_dsconv.ops.antialias import anti_alias
 from flax_dsconv.shapes import abstract_variables
 
 ACTS = {"relu": torch.nn.ReLU, "silu": torch.nn.SiLU}
@@ -380,6 +385,105 @@ def test_an_edited_cond_conv_block_is_refused_naming_the_module():
     with torch.device("meta"):
         block.conv_dw = torch.nn.Conv2d(480, 480, 5, padding=2, groups=480, bias=False)
     with pytest.raises(ConversionError, match=r"^blocks\.4\.0\.conv_dw: Conv2d, expected a convolution \(CondConv2d\)"):
+        describe(model)
+
+
+# ------------------------------------------------------------------------------------------ anti-aliasing
+
+# timm's aa_layer names for the Flax kinds: 'avg' is AvgPool2d(stride), 'blurpc' BlurPool2d(pad_mode='constant').
+TIMM_AA = {"avg": "avg", "blur": "blurpc"}
+
+
+@pytest.mark.parametrize("size", [(12, 12), (11, 13)], ids=["even", "odd"])
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("kind", list(TIMM_AA))
+def test_anti_alias_pool_matches_timm_forward_and_input_gradient(kind, stride, size):
+    from timm.layers.blur_pool import create_aa
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, *size, generator=g)
+    pool = create_aa(TIMM_AA[kind], channels=5, stride=stride)
+    assert type(pool).__name__ == ("AvgPool2d" if kind == "avg" else "BlurPool2d")
+    results = {}
+    for run, dtype, memory_format in (("exact", torch.float64, torch.contiguous_format),
+                                      ("nchw", torch.float32, torch.contiguous_format),
+                                      ("nhwc", torch.float32, torch.channels_last)):  # fmt: skip
+        xr = x.to(dtype).to(memory_format=memory_format).clone().requires_grad_(True)
+        out = copy.deepcopy(pool).to(dtype)(xr)
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out * cotangent).sum().backward()
+        results[run] = ({"output": out.detach().numpy()}, {"input": xr.grad.numpy()})
+    cotangent = to_nhwc(torch.randn(results["exact"][0]["output"].shape, generator=torch.Generator().manual_seed(1)))
+    out, vjp = jax.vjp(lambda x: anti_alias(x, kind, stride), to_nhwc(x))
+    (g_x,) = vjp(cotangent)
+    exact, runs = results.pop("exact"), list(results.values())
+    label = f"{kind} pool stride {stride} on {size}"
+    assert_as_close_as_torch("output", {"output": to_nchw(out)}, [r[0] for r in runs], exact[0], label)
+    assert_as_close_as_torch("gradient", {"input": to_nchw(g_x)}, [r[1] for r in runs], exact[1], label)
+
+
+# (timm block, its arguments on 16 input channels, the Flax module's): SiLU, stride 2, 12 x 12 input.
+AA_BLOCK_CASES = {
+    "ir_k5_se": (TimmInvertedResidual, dict(out_chs=24, dw_kernel_size=5, exp_ratio=4.0, se=True),
+                 lambda blk, **kw: InvertedResidual(24, blk.conv_pw.out_channels, kernel_size=5, se_channels=4,
+                                                    se_act="silu", se_gate="sigmoid", **kw)),
+    "er_same": (TimmEdgeResidual, dict(out_chs=24, exp_ratio=4.0, pad_type="same"),
+                lambda blk, **kw: EdgeResidual(24, blk.conv_exp.out_channels, **kw)),
+    "uir_dw_mid": (TimmUniversalInvertedResidual, dict(out_chs=24, dw_kernel_size_start=3, dw_kernel_size_mid=5,
+                                                       exp_ratio=4.0, layer_scale_init_value=None),
+                   lambda blk, **kw: UniversalInvertedResidual(24, 64, start_kernel_size=3, kernel_size=5, **kw)),
+    "uir_dw_start": (TimmUniversalInvertedResidual, dict(out_chs=24, dw_kernel_size_start=5, dw_kernel_size_mid=0,
+                                                         exp_ratio=2.0, layer_scale_init_value=None),
+                     lambda blk, **kw: UniversalInvertedResidual(24, 32, start_kernel_size=5, kernel_size=0, **kw)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kind", list(TIMM_AA))
+@pytest.mark.parametrize("name", list(AA_BLOCK_CASES))
+def test_anti_aliased_block_matches_timm_forward_and_both_gradients(name, kind, train):
+    timm_block, args, flax_block = AA_BLOCK_CASES[name]
+    args = dict(args)
+    if args.pop("se", False):
+        args["se_layer"] = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / args["exp_ratio"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 12, 12, generator=g)
+    blk = timm_block(IN_CHANNELS, stride=2, act_layer=torch.nn.SiLU, aa_layer=TIMM_AA[kind], **args)
+    blk = randomize_batchnorm(blk, x).train(train)
+    padding = "SAME" if args.get("pad_type") == "same" else "torch"
+    module = flax_block(blk, strides=2, act="silu", aa=kind, padding=padding)
+    cotangent = torch.randn((2, 24, 6, 6), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, train, f"{kind}-anti-aliased {name}")
+
+
+def test_anti_aliasing_refuses_bad_settings_naming_the_field():
+    with pytest.raises(ValueError, match=r"InvertedResidualConfig: aa='avg' with stride=1; anti-aliased"):
+        InvertedResidualConfig(out_channels=8, expand_channels=16, aa="avg")
+    with pytest.raises(ValueError, match=r"EdgeResidualConfig: aa must be one of \('none', 'avg', 'blur'\), got 'max'"):
+        EdgeResidualConfig(out_channels=8, expand_channels=16, stride=2, aa="max")
+    with pytest.raises(ValueError, match=r"aa='blur' needs dw_mid or dw_start to stride"):
+        UniversalInvertedResidualConfig(out_channels=8, expand_channels=16, kernel_size=0, end_kernel_size=3, stride=2,
+                                        aa="blur")  # fmt: skip
+    with pytest.raises(ValueError, match=r"InvertedResidual .*aa='blur' with stride=1"):
+        InvertedResidual(8, 16, aa="blur").init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+
+
+def test_an_edited_anti_aliasing_layer_is_refused_naming_the_module():
+    from timm.layers.blur_pool import BlurPool2d
+
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+
+    model = timm.create_model("mobilenetv4_conv_blur_medium")
+    model.blocks[1][0].dw_mid.aa = BlurPool2d(model.blocks[1][0].dw_mid.conv.out_channels, pad_mode="reflect")
+    with pytest.raises(ConversionError, match=r"^blocks\.1\.0\.dw_mid\.aa: BlurPool2d\(.*pad_mode='reflect'"):
+        describe(model)
+    model = timm.create_model("mobilenetv4_conv_aa_medium")
+    model.blocks[0][0].aa = torch.nn.AvgPool2d(2, ceil_mode=True)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.aa: AvgPool2d.*ceil_mode=True"):
+        describe(model)
+    model.blocks[0][0].aa = torch.nn.MaxPool2d(2)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.aa: MaxPool2d, expected anti-aliasing"):
         describe(model)
 
 

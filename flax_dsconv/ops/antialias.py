@@ -45,7 +45,8 @@ def blur_pool(x: Array, stride: int = 2, size: int = BLUR_SIZE) -> Array:
 def avg_pool(x: Array, stride: int = 2) -> Array:
     """NHWC ``x`` averaged over ``stride x stride`` windows at stride ``stride`` (a partial last window dropped)."""
     window = (1, stride, stride, 1)
-    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, window, "VALID")
+    # A constant zero init (not a traced one), so that JAX sees a window sum and differentiates it.
+    total = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, window, window, "VALID")
     return total / stride**2
 
 
