@@ -50,13 +50,13 @@ def _se(r: TorchReader, blk: Any, where: str) -> dict[str, Any]:
                 se_gate=r.act(se.gate, f"{where}.se.gate"))  # fmt: skip
 
 
-def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False
-          ) -> dict[str, Any]:  # fmt: skip
+def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False,
+          same: bool = False) -> dict[str, Any]:  # fmt: skip
     """A block's depthwise (``depthwise``) or 1x1 (``pointwise``) conv: a plain conv (:meth:`TorchReader.conv`'s
     settings, with ``ks=()`` and ``splits=1``), or timm's ``MixedConv2d`` (MixNet), whose groups ``0``, ``1``...
     must split the channels as :func:`~flax_dsconv.nn.split_channels` does and share stride and dilation; then
     ``ks`` holds each group's kernel size, ``splits`` their number and ``k`` the largest."""
-    checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise)
+    checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise, same=same)
     if type(conv).__name__ != "MixedConv2d":
         return {**r.conv(conv, where, **checks), "ks": (), "splits": 1}
     r.claim(conv, where)
@@ -222,14 +222,26 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     name = type(blk).__name__
     aa = _anti_alias(r, getattr(blk, "aa", None), f"{where}.aa")  # the universal IR's sit in its ConvNormActs
     s2d = getattr(blk, "conv_s2d", None)
-    if s2d is not None:  # EfficientNet-X/H; checked first, as its SAME padding would read as mixed padding rules
-        raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2, before the "
-                              "depthwise conv) is not supported")  # fmt: skip
+    if s2d is not None and name != "DepthwiseSeparableConv":
+        raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2) in a {name} "
+                              "is not supported (only in a DepthwiseSeparableConv)")  # fmt: skip
+    if s2d is None:
+        r.identity(getattr(blk, "bn_s2d", None), f"{where}.bn_s2d")
     r.drop_path(getattr(blk, "drop_path", None), f"{where}.drop_path")
     if name == "DepthwiseSeparableConv":
         _no_anti_alias(aa, where, name)  # timm would size its BlurPool2d by the output channels, not conv_dw's
-        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        s2d_act = None
+        if s2d is not None:  # EfficientNet-X/H: its convs pad TF 'SAME' whatever the model's padding rule
+            conv = r.conv(s2d, f"{where}.conv_s2d", kernel=2, stride=2, same=True)
+            if conv["out"] != 4 * s2d.in_channels or conv["bias"]:
+                raise ConversionError(f"{where}.conv_s2d: {s2d.in_channels} to {conv['out']} channels, bias="
+                                      f"{conv['bias']}; expected 4x the input's, no bias")  # fmt: skip
+            s2d_act = r.bn(blk.bn_s2d, f"{where}.bn_s2d")
+        same_dw = s2d is not None and blk.conv_dw.kernel_size[0] == 2
+        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True, same=same_dw)
         act = r.bn(blk.bn1, f"{where}.bn1")
+        if s2d_act not in (None, act):
+            raise ConversionError(f"{where}.bn_s2d.act: activation {s2d_act}; expected the block's, {act}")
         se = _se(r, blk, where)
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         pw_act = r.bn(blk.bn2, f"{where}.bn2")
@@ -237,7 +249,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
             raise ConversionError(f"{where}.bn2.act: pointwise activation {pw_act} differs from {act}")
         return SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                act=act, pw_act=pw_act != "identity", skip=blk.has_skip, kernel_sizes=dw["ks"],
-                               project_splits=pw["splits"], **se)  # fmt: skip
+                               project_splits=pw["splits"], space_to_depth=s2d is not None, **se)  # fmt: skip
     if name == "InvertedResidual":
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")

@@ -15,9 +15,6 @@ REFUSED: dict[str, tuple[str, ...]] = {
         "efficientnet_b0_g16_evos", "efficientnet_b0_g8_gn", "efficientnet_b0_gn", "efficientnet_b3_g8_gn",
         "efficientnet_b3_gn", "test_efficientnet_evos", "test_efficientnet_gn", "test_efficientnet_ln",
     ),
-    "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
-        "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
-    ),
     "GlobalContext attention in place of squeeze-excite": ("gc_efficientnetv2_rw_t",),
     "MobileAttention (MultiQueryAttention2d) and exact GELU (MobileNetV4 hybrids)": (
         "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",

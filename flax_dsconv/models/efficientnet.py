@@ -27,6 +27,20 @@ B0_TABLE: Table = (
     (IR(out=192, repeats=4, kernel=5, stride=2, expand=6, se=0.25),),
     (IR(out=320, expand=6, se=0.25),),
 )
+# EfficientNet-X (timm's version 1) and -H (version 2, narrower expansions early): B0's table with a space-to-depth
+# first stage and fused MBConvs (ReLU) in stages 1-2; the first of them closes the space-to-depth region.
+X_TABLE: Table = (
+    (DS(out=16, se=0.25, space_to_depth=True),),
+    (ER(out=24, repeats=2, stride=2, expand=6, se=0.25, act="relu"),),
+    (ER(out=40, repeats=2, kernel=5, stride=2, expand=6, se=0.25, act="relu"),),
+    *B0_TABLE[3:],
+)
+H_TABLE: Table = (
+    X_TABLE[0],
+    *(tuple(dataclasses.replace(row, expand=4.0) for row in stage) for stage in X_TABLE[1:4]),
+    *X_TABLE[4:],
+)
+
 # EfficientNet-CondConv (Yang et al. 2019): B0 with CondConv in the last three stages, 4 experts each before the
 # model's experts multiplier (timm's ``cc4``).
 CONDCONV_TABLE: Table = (
@@ -105,6 +119,30 @@ def efficientnet_condconv(
     return build(table, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
                  in_channels=in_channels, dtype=dtype, where="efficientnet_condconv",
                  **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_x(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    version: int = 1,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-X (``version=1``) and -H (``version=2``) as timm builds them (``efficientnet_x_b3``, ``_x_b5``,
+    ``efficientnet_h_b5``): a space-to-depth first stage (a 2x2 stride-2 conv to 4x the channels, then separable
+    blocks 4x as wide), fused MBConvs with ReLU in stages 1-2, then B0's inverted residuals; scaled as
+    :func:`efficientnet`.
+
+    >>> model = efficientnet_x(1.2, 1.4)  # X-B3
+    """
+    if version not in (1, 2):
+        raise ValueError(f"efficientnet_x: version must be 1 (EfficientNet-X) or 2 (-H), got {version!r}")
+    return build(X_TABLE if version == 1 else H_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier,
+                 num_classes=num_classes, dropout=dropout, in_channels=in_channels, dtype=dtype,
+                 where="efficientnet_x")  # fmt: skip
 
 
 def efficientnet_lite(
@@ -195,6 +233,9 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
     **{f"{p}efficientnet_cc_{tag}": functools.partial(efficientnet_condconv, w, d, e, tf=p == "tf_")
        for tag, (w, d, e) in CONDCONV_SCALES.items() for p in ("", "tf_")},
     "efficientnet_blur_b0": functools.partial(efficientnet, *EFFICIENTNET_SCALES["b0"], aa="blur"),
+    "efficientnet_x_b3": functools.partial(efficientnet_x, *EFFICIENTNET_SCALES["b3"]),
+    "efficientnet_x_b5": functools.partial(efficientnet_x, *EFFICIENTNET_SCALES["b5"]),
+    "efficientnet_h_b5": functools.partial(efficientnet_x, 1.92, 2.2, version=2),
     "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},

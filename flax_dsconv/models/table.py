@@ -47,7 +47,12 @@ class Row:
     pointwise conv too (MobileNetV1, LCNet). ``skip``: False forbids the residual even where shapes allow it
     (:data:`CONV` rows default to False, as timm's ``cn`` blocks). ``group_size``: channels per group of an er
     block's k x k conv (0: dense). ``expand_from``: expand from this many channels (width-scaled) instead of the
-    block's input (the EdgeTPU models' first block).
+    block's input (the EdgeTPU models' first block). ``experts``: an ir block's CondConv experts (0: plain convs;
+    else a :class:`~flax_dsconv.nn.CondConvResidual`). ``space_to_depth``: a ds row (stride 1) that opens a
+    space-to-depth region (EfficientNet-X/H, as timm's builder does it): its first block starts with a 2x2 stride-2
+    conv to 4x the channels and halves its depthwise kernel (``(k + 1) // 2``); every block of the region has 4x
+    ``out`` channels; the next strided block closes it, at stride 1 (the space-to-depth conv did its striding) and
+    a quarter of its expansion ratio (its input is 4x as wide).
     """
 
     block: BlockKind
@@ -65,21 +70,26 @@ class Row:
     group_size: int = 0
     expand_from: int = 0
     experts: int = 0
+    space_to_depth: bool = False
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
         unused = {
-            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "experts"),
-            "uir": ("se", "pw_act", "group_size", "experts"),
+            "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "experts",
+                     "space_to_depth"),
+            "uir": ("se", "pw_act", "group_size", "experts", "space_to_depth"),
             "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "experts"),
-            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size"),
-            "er": ("pw_act", "start_kernel", "end_kernel", "experts"),
+            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size", "space_to_depth"),
+            "er": ("pw_act", "start_kernel", "end_kernel", "experts", "space_to_depth"),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
         if given:
             raise ValueError(f"Row: a {self.block!r} block has no {', '.join(given)} (got "
                              f"{', '.join(f'{n}={getattr(self, n)!r}' for n in given)})")  # fmt: skip
+        if self.space_to_depth and self.stride != 1:
+            raise ValueError(f"Row: space_to_depth=True with stride={self.stride}; expected 1 (the space-to-depth "
+                             "conv strides)")  # fmt: skip
 
 
 Stage = tuple[Row, ...]
@@ -165,7 +175,7 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
 def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe, aa: AntiAlias = "none"
            ) -> BlockConfig:  # fmt: skip
     act = row.act or recipe.act
-    skip = row.skip and stride == 1 and in_ch == out
+    skip = row.skip and stride == 1 and in_ch == out and not row.space_to_depth
     aa = aa if stride > 1 else "none"  # timm anti-aliases the strided blocks only
     if aa != "none" and (row.block in ("conv", "ds") or row.experts):
         raise ValueError(f"build: aa={aa!r} on a strided {row.block!r}{' CondConv' if row.experts else ''} block; "
@@ -185,7 +195,7 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
         se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate)
     if row.block == "ds":
         return SeparableConfig(out_channels=out, kernel_size=row.kernel, stride=stride, act=act, pw_act=row.pw_act,
-                               skip=skip, **se)  # fmt: skip
+                               skip=skip, space_to_depth=row.space_to_depth, **se)  # fmt: skip
     if row.block == "ir" and row.experts:
         return CondConvResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid,
                                       num_experts=row.experts, act=act, skip=skip, **se)  # fmt: skip
@@ -230,6 +240,7 @@ def build(
     stem = recipe.stem if width_multiplier < recipe.fix_stem_below else ch(recipe.stem)
     in_ch = stem
     stages: list[tuple[BlockConfig, ...]] = []
+    space_to_depth = False  # inside a space-to-depth region (see Row)
     for s, (stage, depth) in enumerate(zip(table, depths, strict=True)):
         fixed = recipe.fix_first_last and s in (0, len(table) - 1)
         repeats = scale_depth(tuple(r.repeats for r in stage), 1.0 if fixed else depth, recipe.depth_trunc)
@@ -237,8 +248,15 @@ def build(
         for row, n in zip(stage, repeats, strict=True):
             expand_in = ch(row.expand_from) if row.expand_from else 0
             for i in range(n):
-                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe,
-                                     aa))  # fmt: skip
+                stride, block_row = row.stride if i == 0 else 1, dataclasses.replace(row, space_to_depth=False)
+                if space_to_depth and stride > 1:
+                    stride, space_to_depth = 1, False
+                    block_row = dataclasses.replace(block_row, expand=row.expand / 4)
+                elif row.space_to_depth and not space_to_depth:
+                    space_to_depth = True
+                    block_row = dataclasses.replace(row, kernel=(row.kernel + 1) // 2)
+                out = ch(row.out) * (4 if space_to_depth else 1)
+                blocks.append(_block(block_row, in_ch, expand_in or in_ch, out, stride, recipe, aa))
                 in_ch = blocks[-1].out_channels
         stages.append(tuple(blocks))
     head = recipe.head_channels
