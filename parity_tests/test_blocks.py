@@ -1,6 +1,6 @@
 """Block families against timm's own blocks: the edge residual (fused MBConv), MixNet's mixed-conv inverted
-residual, CondConv's (its layer too) and the anti-aliased (avg / blur pool) blocks alone, forward and both
-gradients, and the timm models built of them, converted whole."""
+residual, CondConv's (its layer too), the anti-aliased (avg / blur pool) blocks and EfficientNet-X's space-to-depth
+separable block alone, forward and both gradients, and the timm models built of them, converted whole."""
 
 from __future__ import annotations
 
@@ -484,6 +484,63 @@ def test_an_edited_anti_aliasing_layer_is_refused_naming_the_module():
         describe(model)
     model.blocks[0][0].aa = torch.nn.MaxPool2d(2)
     with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.aa: MaxPool2d, expected anti-aliasing"):
+        describe(model)
+
+
+# ------------------------------------------------------------------------------------------ space-to-depth
+
+# timm DepthwiseSeparableConv(s2d=1) arguments on 16 channels: its depthwise kernel becomes (k + 1) // 2, padded
+# 'SAME' when that is 2, else by the block's rule.
+S2D_CASES = {
+    "k3_to_2_se": dict(out_chs=24, dw_kernel_size=3, se=True),
+    "k5_to_3_torch": dict(out_chs=32, dw_kernel_size=5),
+    "k5_to_3_same": dict(out_chs=32, dw_kernel_size=5, pad_type="same"),
+}
+
+
+@pytest.mark.parametrize("size", [12, 11], ids=["even", "odd"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(S2D_CASES))
+def test_space_to_depth_separable_block_matches_timm_forward_and_both_gradients(name, train, size):
+    case = dict(S2D_CASES[name])
+    se_layer = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / 4) if case.pop("se", False) else None
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, size, size, generator=g)
+    blk = TimmSeparable(IN_CHANNELS, s2d=1, act_layer=torch.nn.SiLU, se_layer=se_layer, **case)
+    blk = randomize_batchnorm(blk, x).train(train)
+    kernel = (case["dw_kernel_size"] + 1) // 2
+    assert blk.conv_dw.kernel_size == (kernel, kernel) and blk.conv_dw.in_channels == 4 * IN_CHANNELS
+    module = DepthwiseSeparableConv(case["out_chs"], kernel_size=kernel, space_to_depth=True, act="silu",
+                                    pw_act=False, padding="SAME" if case.get("pad_type") == "same" else "torch",
+                                    se_channels=4 if se_layer else 0, se_act="silu", se_gate="sigmoid")  # fmt: skip
+    cotangent = torch.randn((2, case["out_chs"], (size + 1) // 2, (size + 1) // 2), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, train, f"space-to-depth {name} at {size}")
+
+
+def test_space_to_depth_refuses_bad_settings_naming_them():
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+    from flax_dsconv.models.table import Row
+
+    with pytest.raises(ValueError, match=r"SeparableConfig: space_to_depth=True with stride=2"):
+        SeparableConfig(out_channels=8, stride=2, space_to_depth=True)
+    with pytest.raises(ValueError, match=r"an? 'ir' block has no space_to_depth"):
+        Row(block="ir", out=8, space_to_depth=True)
+    model = timm.create_model("efficientnet_x_b3")
+    model.blocks[0][0].bn_s2d.act = torch.nn.ReLU()
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.bn_s2d\.act: activation relu; expected the block's"):
+        describe(model)
+    model = timm.create_model("efficientnet_x_b3")
+    s2d = model.blocks[0][0].conv_s2d
+    model.blocks[0][0].conv_s2d = torch.nn.Conv2d(s2d.in_channels, s2d.out_channels, 2, stride=2, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.conv_s2d: padding \(0, 0\); expected TF 'SAME'"):
+        describe(model)
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    with torch.device("meta"):  # timm's space-to-depth in an inverted residual, which no timm model has
+        model = EfficientNet(decode_arch_def([["ir_r1_k3_s1_e2_c16_d1"], ["ir_r1_k3_s2_e4_c24"]]), stem_size=8)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.conv_s2d: space-to-depth .* in a InvertedResidual"):
         describe(model)
 
 
