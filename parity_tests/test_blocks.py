@@ -579,6 +579,24 @@ def test_mixnet_round_trips_bit_exact_through_a_state_dict_and_its_arch_name():
     jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
 
 
+@pytest.mark.parametrize("name", ["tf_efficientnet_cc_b0_4e", "mobilenetv4_conv_blur_medium", "efficientnet_x_b3"])
+def test_cond_conv_anti_aliased_and_space_to_depth_models_round_trip_bit_exact_by_their_arch_names(name):
+    """CondConv's flattened experts (and TF 'SAME'), BlurPool2d's unsaved filter, space-to-depth's convs: converted
+    from a state_dict by name, exported back by name, loaded strictly, every tensor equal."""
+    model = randomize_batchnorm(timm.create_model(name, num_classes=10), (2, 3, 64, 64))
+    module, variables = from_torch(model)
+    module_sd, variables_sd = from_torch(model.state_dict(), source="timm", arch=name, num_classes=10)
+    assert module_sd.config == module.config
+    jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
+    exported = to_torch_state_dict(module, variables, source="timm", arch=name, num_classes=10)
+    assert exported.keys() == model.state_dict().keys()
+    target = timm.create_model(name, num_classes=10)
+    target.load_state_dict(exported, strict=True)
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(target.state_dict()[key], value), key
+
+
 def test_an_edited_edge_residual_activation_becomes_that_blocks_activation():
     """bn1's activation is the block's, which the config holds per block (test_accounting refuses the edits it
     cannot hold)."""
