@@ -154,6 +154,10 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
     proj, proj_act = _conv_norm(r, blk.pw_proj, f"{where}.pw_proj", kernel=1, stride=1)
     if proj_act != "identity":
         raise ConversionError(f"{where}.pw_proj.bn.act: activation {proj_act} after the projection; expected none")
+    for name, conv in (("pw_exp", exp), ("pw_proj", proj)):
+        if conv["aa"] != "none":
+            raise ConversionError(f"{where}.{name}.aa: anti-aliasing ({conv['aa']}) after a 1x1 conv; expected "
+                                  "none (only a strided depthwise conv has it)")  # fmt: skip
     strided = next((n for n in ("dw_mid", "dw_start", "dw_end") if n in depthwise), None)
     for name, conv in depthwise.items():
         if name != strided and conv["s"] != 1:
@@ -237,7 +241,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                 raise ConversionError(f"{where}.conv_s2d: {s2d.in_channels} to {conv['out']} channels, bias="
                                       f"{conv['bias']}; expected 4x the input's, no bias")  # fmt: skip
             s2d_act = r.bn(blk.bn_s2d, f"{where}.bn_s2d")
-        same_dw = s2d is not None and blk.conv_dw.kernel_size[0] == 2
+        same_dw = s2d is not None and getattr(blk.conv_dw, "kernel_size", (0,))[0] == 2
         dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True, same=same_dw)
         act = r.bn(blk.bn1, f"{where}.bn1")
         if s2d_act not in (None, act):
