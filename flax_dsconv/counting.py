@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_dsconv.nn import DepthwiseConv, PointwiseConv
+from flax_dsconv.nn import CondConv, DepthwiseConv, PointwiseConv
 
 
 def count_params(variables: Any) -> int:
@@ -34,7 +34,8 @@ class LayerCount:
     macs: int
 
 
-_KINDS = ((DepthwiseConv, "depthwise"), (PointwiseConv, "pointwise"), (nn.Conv, "conv"), (nn.Dense, "dense"))
+_KINDS = ((DepthwiseConv, "depthwise"), (PointwiseConv, "pointwise"), (nn.Conv, "conv"), (nn.Dense, "dense"),
+          (CondConv, "condconv"))  # fmt: skip
 
 
 def layer_counts(module: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCount]:
@@ -50,7 +51,8 @@ def layer_counts(module: nn.Module, input_shape: tuple[int, ...]) -> list[LayerC
         if kind is not None and context.method_name == "__call__":
             params = context.module.variables["params"]
             weights = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-            kernel = math.prod(params["kernel"].shape)
+            # A CondConv convolves each image with one mixture of its experts (mixing them is not counted).
+            kernel = math.prod(params["kernel"].shape[1:] if kind == "condconv" else params["kernel"].shape)
             positions = math.prod(out.shape[1:-1])  # output pixels (1 for dense layers)
             name = "/".join(context.module.scope.path)
             if kind == "conv" and params["kernel"].shape[:-2] == (1, 1):

@@ -1,6 +1,7 @@
 """Block families against timm's own blocks: the edge residual (fused MBConv), MixNet's mixed-conv inverted
-residual, grouped convs, GroupNorm / LayerNorm / EvoNorm-S0 and global context, alone, forward and both gradients,
-and the timm models built of them, converted whole."""
+residual, grouped convs, GroupNorm / LayerNorm / EvoNorm-S0 and global context, CondConv's (its layer too), the
+anti-aliased (avg / blur pool) blocks and EfficientNet-X's space-to-depth separable block, alone, forward and both
+gradients, and the timm models built of them, converted whole."""
 
 from __future__ import annotations
 
@@ -22,16 +23,22 @@ from timm.layers import EvoNorm2dS0a as TimmEvoNorm2dS0a
 from timm.layers import GlobalContext as TimmGlobalContext
 from timm.layers import GroupNormAct as TimmGroupNormAct
 from timm.layers import LayerNormAct2d as TimmLayerNormAct2d
+from timm.layers.cond_conv2d import CondConv2d as TimmCondConv2d
+from timm.models._efficientnet_blocks import CondConvResidual as TimmCondConvResidual
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv as TimmSeparable
 from timm.models._efficientnet_blocks import EdgeResidual as TimmEdgeResidual
 from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
 from timm.models._efficientnet_blocks import SqueezeExcite as TimmSqueezeExcite
+from timm.models._efficientnet_blocks import UniversalInvertedResidual as TimmUniversalInvertedResidual
 
 from flax_dsconv import ConversionError, from_torch, to_torch_state_dict
-from flax_dsconv.convert.plan import TO_FLAX, TO_TORCH, check_keys, dotted, plan
+from flax_dsconv.convert.plan import TO_TORCH, Entry, check_keys, dotted, plan, to_flax
 from flax_dsconv.nn import (
     BatchNormConfig,
     BlockContext,
+    CondConv,
+    CondConvResidual,
+    CondConvResidualConfig,
     DepthwiseSeparableConv,
     EdgeResidual,
     EdgeResidualConfig,
@@ -45,9 +52,12 @@ from flax_dsconv.nn import (
     LayerNorm,
     LayerNormConfig,
     SeparableConfig,
+    UniversalInvertedResidual,
+    UniversalInvertedResidualConfig,
     build_block,
     split_channels,
 )
+from flax_dsconv.ops.antialias import anti_alias
 from flax_dsconv.shapes import abstract_variables
 
 ACTS = {"relu": torch.nn.ReLU, "silu": torch.nn.SiLU}
@@ -96,7 +106,7 @@ def _variables(module, blk: torch.nn.Module, in_channels: int) -> tuple[dict, li
     entries = plan(abstract_variables(module, in_channels), dotted)
     state = blk.state_dict()
     check_keys(entries, state, f"the timm {type(blk).__name__}")
-    flat = {e.flax_key: jnp.asarray(TO_FLAX[e.layout](state[e.torch_key].numpy())) for e in entries}
+    flat = {e.flax_key: jnp.asarray(to_flax(e, state[e.torch_key].numpy())) for e in entries}
     return traverse_util.unflatten_dict(flat), entries
 
 
@@ -264,6 +274,292 @@ def test_edge_residual_refuses_nchw_input_naming_its_channels():
         jax.eval_shape(module.apply, variables, jax.ShapeDtypeStruct((1, 16, 8, 8), jnp.float32))
 
 
+# CondConv2d arguments (timm's), on 8 input channels: dense and depthwise, strides, both padding rules, bias.
+COND_CONV_CASES = {
+    "pointwise_4e": dict(out_channels=12, kernel_size=1, num_experts=4),
+    "dense_k3_bias_8e": dict(out_channels=6, kernel_size=3, bias=True, num_experts=8),
+    "depthwise_k3_stride2": dict(out_channels=8, kernel_size=3, stride=2, groups=8, num_experts=4),
+    "depthwise_k5_same_stride2": dict(out_channels=8, kernel_size=5, stride=2, groups=8, padding="same",
+                                      num_experts=3),
+    "depthwise_k3_dilated": dict(out_channels=8, kernel_size=3, dilation=2, groups=8, num_experts=2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(COND_CONV_CASES))
+def test_cond_conv_matches_timm_forward_and_gradients_of_input_routing_and_experts(name):
+    case = COND_CONV_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 11, 11, generator=g)  # odd: 'SAME' pads asymmetrically at stride 2
+    routing = torch.rand(3, case["num_experts"], generator=g)
+    conv = TimmCondConv2d(8, **case)
+    with torch.no_grad():
+        conv.weight.normal_(0, 0.3, generator=g)
+        if conv.bias is not None:
+            conv.bias.normal_(0, 0.1, generator=g)
+    results = {}
+    for run, dtype, memory_format in (("exact", torch.float64, torch.contiguous_format),
+                                      ("nchw", torch.float32, torch.contiguous_format),
+                                      ("nhwc", torch.float32, torch.channels_last)):  # fmt: skip
+        m = copy.deepcopy(conv).to(dtype)
+        xr = x.to(dtype).to(memory_format=memory_format).clone().requires_grad_(True)
+        rr = routing.to(dtype).clone().requires_grad_(True)
+        out = m(xr, rr)
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out * cotangent).sum().backward()
+        results[run] = {"output": out.detach().numpy(), "input": xr.grad.numpy(), "routing": rr.grad.numpy(),
+                        **{k: p.grad.numpy() for k, p in m.named_parameters()}}  # fmt: skip
+    module = CondConv(case["out_channels"], case["num_experts"], case["kernel_size"], case.get("stride", 1),
+                      "SAME" if case.get("padding") == "same" else "torch", case.get("dilation", 1),
+                      depthwise=case.get("groups", 1) > 1, use_bias=case.get("bias", False))  # fmt: skip
+    shapes = jax.eval_shape(module.init, jax.random.key(0), to_nhwc(x), jnp.asarray(routing.numpy()))
+    kernel_shape = tuple(shapes["params"]["kernel"].shape)
+    entry = Entry(("params", "kernel"), "weight", tuple(conv.weight.shape), "experts", kernel_shape)
+    params = {"kernel": jnp.asarray(to_flax(entry, conv.weight.detach().numpy()))}
+    if conv.bias is not None:
+        params["bias"] = jnp.asarray(conv.bias.detach().numpy())
+    cotangent = torch.randn(results["exact"]["output"].shape, generator=torch.Generator().manual_seed(1))
+
+    @jax.jit
+    def forward_and_vjp(params, x, routing, cotangent):
+        out, vjp = jax.vjp(lambda p, x, r: module.apply({"params": p}, x, r), params, x, routing)
+        return out, *vjp(cotangent)
+
+    out, g_params, g_x, g_routing = forward_and_vjp(params, to_nhwc(x), jnp.asarray(routing.numpy()),
+                                                    to_nhwc(cotangent))  # fmt: skip
+    flax = {"output": to_nchw(out), "input": to_nchw(g_x), "routing": np.asarray(g_routing),
+            "weight": TO_TORCH["experts"](np.asarray(g_params["kernel"]))}  # fmt: skip
+    if conv.bias is not None:
+        flax["bias"] = np.asarray(g_params["bias"])
+    exact, torch32 = results.pop("exact"), list(results.values())
+    print(assert_as_close_as_torch("output", {"output": flax.pop("output")},
+                                   [{"output": r.pop("output")} for r in torch32],
+                                   {"output": exact.pop("output")}, f"CondConv {name}"))  # fmt: skip
+    print(assert_as_close_as_torch("gradient", flax, torch32, exact, f"CondConv {name} gradients"))
+
+
+# timm CondConvResidual arguments on 16 channels, with the activation's name and whether the block adds its input.
+COND_CONV_BLOCK_CASES = {
+    "stride1_se_skip_4e": dict(out_chs=16, exp_ratio=4.0, num_experts=4, se=True, skip=True),
+    "k5_same_stride2_8e": dict(out_chs=24, dw_kernel_size=5, stride=2, pad_type="same", exp_ratio=6.0,
+                               num_experts=8, se=True, skip=False),
+    "k3_stride2_noskip": dict(out_chs=16, stride=2, exp_ratio=2.0, num_experts=2, skip=False),
+}  # fmt: skip
+
+
+# Train mode only (gradients and BatchNorm statistics): the zoo's whole models compare the eval-mode forward of every
+# CondConv, anti-aliased and space-to-depth block kind, and the suite's time is spent where it checks something new.
+@pytest.mark.parametrize("name", list(COND_CONV_BLOCK_CASES))
+def test_cond_conv_inverted_residual_matches_timm_forward_and_both_gradients(name):
+    """timm's CondConvResidual (SiLU, sigmoid-gated SE as EfficientNet-CondConv builds it), the routing included:
+    ``routing_fn``'s gradients come only through the experts' mixture."""
+    case = COND_CONV_BLOCK_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 12, 12, generator=g)
+    se_layer = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / case["exp_ratio"]) if case.get("se") else None
+    args = {k: v for k, v in case.items() if k not in ("se", "skip")}
+    blk = TimmCondConvResidual(IN_CHANNELS, act_layer=torch.nn.SiLU, se_layer=se_layer, **args)
+    assert blk.has_skip == case["skip"]
+    with torch.no_grad():
+        for conv in (blk.conv_pw, blk.conv_dw, blk.conv_pwl):  # experts that differ, so the routing matters
+            conv.weight.normal_(0, (2 / conv.weight[0].numel() * conv.num_experts) ** 0.5, generator=g)
+        blk.routing_fn.weight.normal_(0, 1.0, generator=g)
+        blk.routing_fn.bias.normal_(0, 0.5, generator=g)
+    blk = randomize_batchnorm(blk, x).train()
+    module = CondConvResidual(case["out_chs"], blk.conv_pw.out_channels, case["num_experts"],
+                              kernel_size=case.get("dw_kernel_size", 3), strides=case.get("stride", 1),
+                              padding="SAME" if case.get("pad_type") == "same" else "torch", act="silu",
+                              se_channels=blk.se.conv_reduce.out_channels if case.get("se") else 0, se_act="silu",
+                              skip=case["skip"])  # fmt: skip
+    size = 12 // case.get("stride", 1)
+    cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, True, f"CondConvResidual {name}")
+
+
+def test_cond_conv_refuses_bad_settings_naming_them():
+    with pytest.raises(ValueError, match=r"CondConvResidualConfig: num_experts must be a positive int, got 0"):
+        CondConvResidualConfig(out_channels=8, expand_channels=16, num_experts=0)
+    x, routing = jnp.ones((2, 8, 8, 4)), jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"routing weights must be \(batch, num_experts\) = \(2, 4\), got shape"):
+        CondConv(8, num_experts=4).init(jax.random.key(0), x, routing)
+    with pytest.raises(ValueError, match=r"num_experts must be a positive int, got True"):
+        CondConv(8, num_experts=True).init(jax.random.key(0), x, routing)
+
+
+def test_an_edited_cond_conv_block_is_refused_naming_the_module():
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+
+    with torch.device("meta"):
+        model = timm.create_model("efficientnet_cc_b0_4e")
+        block = model.blocks[4][0]
+        block.routing_fn = torch.nn.Linear(block.routing_fn.in_features, 4, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0\.routing_fn: Linear\(80, 4, bias=False\)"):
+        describe(model)
+    with torch.device("meta"):
+        block.routing_fn = torch.nn.Linear(block.routing_fn.in_features, 4)
+        block.conv_dw = TimmCondConv2d(480, 480, 5, groups=480, num_experts=8)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0: experts .*'conv_dw': 8"):
+        describe(model)
+    with torch.device("meta"):
+        block.conv_dw = torch.nn.Conv2d(480, 480, 5, padding=2, groups=480, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.4\.0\.conv_dw: Conv2d, expected a convolution \(CondConv2d\)"):
+        describe(model)
+
+
+# ------------------------------------------------------------------------------------------ anti-aliasing
+
+# timm's aa_layer names for the Flax kinds: 'avg' is AvgPool2d(stride), 'blurpc' BlurPool2d(pad_mode='constant').
+TIMM_AA = {"avg": "avg", "blur": "blurpc"}
+
+
+@pytest.mark.parametrize("size", [(12, 12), (11, 13)], ids=["even", "odd"])
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("kind", list(TIMM_AA))
+def test_anti_alias_pool_matches_timm_forward_and_input_gradient(kind, stride, size):
+    from timm.layers.blur_pool import create_aa
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, *size, generator=g)
+    pool = create_aa(TIMM_AA[kind], channels=5, stride=stride)
+    assert type(pool).__name__ == ("AvgPool2d" if kind == "avg" else "BlurPool2d")
+    results = {}
+    for run, dtype, memory_format in (("exact", torch.float64, torch.contiguous_format),
+                                      ("nchw", torch.float32, torch.contiguous_format),
+                                      ("nhwc", torch.float32, torch.channels_last)):  # fmt: skip
+        xr = x.to(dtype).to(memory_format=memory_format).clone().requires_grad_(True)
+        out = copy.deepcopy(pool).to(dtype)(xr)
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out * cotangent).sum().backward()
+        results[run] = ({"output": out.detach().numpy()}, {"input": xr.grad.numpy()})
+    cotangent = to_nhwc(torch.randn(results["exact"][0]["output"].shape, generator=torch.Generator().manual_seed(1)))
+    out, vjp = jax.vjp(lambda x: anti_alias(x, kind, stride), to_nhwc(x))
+    (g_x,) = vjp(cotangent)
+    exact, runs = results.pop("exact"), list(results.values())
+    label = f"{kind} pool stride {stride} on {size}"
+    assert_as_close_as_torch("output", {"output": to_nchw(out)}, [r[0] for r in runs], exact[0], label)
+    assert_as_close_as_torch("gradient", {"input": to_nchw(g_x)}, [r[1] for r in runs], exact[1], label)
+
+
+# (timm block, its arguments on 16 input channels, the Flax module's): SiLU, stride 2, 12 x 12 input.
+AA_BLOCK_CASES = {
+    "ir_k5_se": (TimmInvertedResidual, dict(out_chs=24, dw_kernel_size=5, exp_ratio=4.0, se=True),
+                 lambda blk, **kw: InvertedResidual(24, blk.conv_pw.out_channels, kernel_size=5, se_channels=4,
+                                                    se_act="silu", se_gate="sigmoid", **kw)),
+    "er_same": (TimmEdgeResidual, dict(out_chs=24, exp_ratio=4.0, pad_type="same"),
+                lambda blk, **kw: EdgeResidual(24, blk.conv_exp.out_channels, **kw)),
+    "uir_dw_mid": (TimmUniversalInvertedResidual, dict(out_chs=24, dw_kernel_size_start=3, dw_kernel_size_mid=5,
+                                                       exp_ratio=4.0, layer_scale_init_value=None),
+                   lambda blk, **kw: UniversalInvertedResidual(24, 64, start_kernel_size=3, kernel_size=5, **kw)),
+    "uir_dw_start": (TimmUniversalInvertedResidual, dict(out_chs=24, dw_kernel_size_start=5, dw_kernel_size_mid=0,
+                                                         exp_ratio=2.0, layer_scale_init_value=None),
+                     lambda blk, **kw: UniversalInvertedResidual(24, 32, start_kernel_size=5, kernel_size=0, **kw)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(TIMM_AA))
+@pytest.mark.parametrize("name", list(AA_BLOCK_CASES))
+def test_anti_aliased_block_matches_timm_forward_and_both_gradients(name, kind):
+    timm_block, args, flax_block = AA_BLOCK_CASES[name]
+    args = dict(args)
+    if args.pop("se", False):
+        args["se_layer"] = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / args["exp_ratio"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, 12, 12, generator=g)
+    blk = timm_block(IN_CHANNELS, stride=2, act_layer=torch.nn.SiLU, aa_layer=TIMM_AA[kind], **args)
+    blk = randomize_batchnorm(blk, x).train()
+    padding = "SAME" if args.get("pad_type") == "same" else "torch"
+    module = flax_block(blk, strides=2, act="silu", aa=kind, padding=padding)
+    cotangent = torch.randn((2, 24, 6, 6), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, True, f"{kind}-anti-aliased {name}")
+
+
+def test_anti_aliasing_refuses_bad_settings_naming_the_field():
+    with pytest.raises(ValueError, match=r"InvertedResidualConfig: aa='avg' with stride=1; anti-aliased"):
+        InvertedResidualConfig(out_channels=8, expand_channels=16, aa="avg")
+    with pytest.raises(ValueError, match=r"EdgeResidualConfig: aa must be one of \('none', 'avg', 'blur'\), got 'max'"):
+        EdgeResidualConfig(out_channels=8, expand_channels=16, stride=2, aa="max")
+    with pytest.raises(ValueError, match=r"aa='blur' needs dw_mid or dw_start to stride"):
+        UniversalInvertedResidualConfig(out_channels=8, expand_channels=16, kernel_size=0, end_kernel_size=3, stride=2,
+                                        aa="blur")  # fmt: skip
+    with pytest.raises(ValueError, match=r"InvertedResidual .*aa='blur' with stride=1"):
+        InvertedResidual(8, 16, aa="blur").init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+
+
+def test_an_edited_anti_aliasing_layer_is_refused_naming_the_module():
+    from timm.layers.blur_pool import BlurPool2d
+
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+
+    model = timm.create_model("mobilenetv4_conv_blur_medium")
+    model.blocks[1][0].dw_mid.aa = BlurPool2d(model.blocks[1][0].dw_mid.conv.out_channels, pad_mode="reflect")
+    with pytest.raises(ConversionError, match=r"^blocks\.1\.0\.dw_mid\.aa: BlurPool2d\(.*pad_mode='reflect'"):
+        describe(model)
+    model = timm.create_model("mobilenetv4_conv_aa_medium")
+    model.blocks[0][0].aa = torch.nn.AvgPool2d(2, ceil_mode=True)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.aa: AvgPool2d.*ceil_mode=True"):
+        describe(model)
+    model.blocks[0][0].aa = torch.nn.MaxPool2d(2)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.aa: MaxPool2d, expected anti-aliasing"):
+        describe(model)
+
+
+# ------------------------------------------------------------------------------------------ space-to-depth
+
+# timm DepthwiseSeparableConv(s2d=1) arguments on 16 channels: its depthwise kernel becomes (k + 1) // 2, padded
+# 'SAME' when that is 2, else by the block's rule.
+S2D_CASES = {
+    "k3_to_2_se": dict(out_chs=24, dw_kernel_size=3, se=True),
+    "k5_to_3_torch": dict(out_chs=32, dw_kernel_size=5),
+    "k5_to_3_same": dict(out_chs=32, dw_kernel_size=5, pad_type="same"),
+}
+
+
+@pytest.mark.parametrize("size", [12, 11], ids=["even", "odd"])
+@pytest.mark.parametrize("name", list(S2D_CASES))
+def test_space_to_depth_separable_block_matches_timm_forward_and_both_gradients(name, size):
+    case = dict(S2D_CASES[name])
+    se_layer = functools.partial(TimmSqueezeExcite, rd_ratio=0.25 / 4) if case.pop("se", False) else None
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, IN_CHANNELS, size, size, generator=g)
+    blk = TimmSeparable(IN_CHANNELS, s2d=1, act_layer=torch.nn.SiLU, se_layer=se_layer, **case)
+    blk = randomize_batchnorm(blk, x).train()
+    kernel = (case["dw_kernel_size"] + 1) // 2
+    assert blk.conv_dw.kernel_size == (kernel, kernel) and blk.conv_dw.in_channels == 4 * IN_CHANNELS
+    module = DepthwiseSeparableConv(case["out_chs"], kernel_size=kernel, space_to_depth=True, act="silu",
+                                    pw_act=False, padding="SAME" if case.get("pad_type") == "same" else "torch",
+                                    se_channels=4 if se_layer else 0, se_act="silu", se_gate="sigmoid")  # fmt: skip
+    cotangent = torch.randn((2, case["out_chs"], (size + 1) // 2, (size + 1) // 2), generator=g)
+    _assert_block_matches_timm(module, blk, IN_CHANNELS, x, cotangent, True, f"space-to-depth {name} at {size}")
+
+
+def test_space_to_depth_refuses_bad_settings_naming_them():
+    from flax_dsconv import ConversionError
+    from flax_dsconv.convert.protocol import describe
+    from flax_dsconv.models.table import Row
+
+    with pytest.raises(ValueError, match=r"SeparableConfig: space_to_depth=True with stride=2"):
+        SeparableConfig(out_channels=8, stride=2, space_to_depth=True)
+    with pytest.raises(ValueError, match=r"an? 'ir' block has no space_to_depth"):
+        Row(block="ir", out=8, space_to_depth=True)
+    model = timm.create_model("efficientnet_x_b3")
+    model.blocks[0][0].bn_s2d.act = torch.nn.ReLU()
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.bn_s2d\.act: activation relu; expected the block's"):
+        describe(model)
+    model = timm.create_model("efficientnet_x_b3")
+    s2d = model.blocks[0][0].conv_s2d
+    model.blocks[0][0].conv_s2d = torch.nn.Conv2d(s2d.in_channels, s2d.out_channels, 2, stride=2, bias=False)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.conv_s2d: padding \(0, 0\); expected TF 'SAME'"):
+        describe(model)
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    with torch.device("meta"):  # timm's space-to-depth in an inverted residual, which no timm model has
+        model = EfficientNet(decode_arch_def([["ir_r1_k3_s1_e2_c16_d1"], ["ir_r1_k3_s2_e4_c24"]]), stem_size=8)
+    with pytest.raises(ConversionError, match=r"^blocks\.0\.0\.conv_s2d: space-to-depth .* in a InvertedResidual"):
+        describe(model)
+
+
 # ------------------------------------------------------------------------------------------ whole models
 
 def test_edge_residual_model_round_trips_bit_exact_through_a_state_dict_and_its_arch_name():
@@ -297,6 +593,24 @@ def test_mixnet_round_trips_bit_exact_through_a_state_dict_and_its_arch_name():
     module_sd, variables_sd = from_torch(exported, source="timm", arch=name, num_classes=10)
     assert module_sd.config == module.config
     jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_cc_b0_4e", "mobilenetv4_conv_blur_medium", "efficientnet_x_b3"])
+def test_cond_conv_anti_aliased_and_space_to_depth_models_round_trip_bit_exact_by_their_arch_names(name):
+    """CondConv's flattened experts (and TF 'SAME'), BlurPool2d's unsaved filter, space-to-depth's convs: converted
+    from a state_dict by name, exported back by name, loaded strictly, every tensor equal."""
+    model = randomize_batchnorm(timm.create_model(name, num_classes=10), (2, 3, 64, 64))
+    module, variables = from_torch(model)
+    module_sd, variables_sd = from_torch(model.state_dict(), source="timm", arch=name, num_classes=10)
+    assert module_sd.config == module.config
+    jax.tree.map(np.testing.assert_array_equal, variables_sd, variables)
+    exported = to_torch_state_dict(module, variables, source="timm", arch=name, num_classes=10)
+    assert exported.keys() == model.state_dict().keys()
+    target = timm.create_model(name, num_classes=10)
+    target.load_state_dict(exported, strict=True)
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(target.state_dict()[key], value), key
 
 
 def test_an_edited_edge_residual_activation_becomes_that_blocks_activation():

@@ -26,7 +26,7 @@ from timm.models._efficientnet_blocks import UniversalInvertedResidual as TimmUI
 from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.mobilenetv3 import MobileNetV3
 
-from flax_dsconv import ConversionError, from_torch, to_torch_state_dict
+from flax_dsconv import from_torch, to_torch_state_dict
 from flax_dsconv.convert.plan import TO_FLAX, TO_TORCH, check_keys, dotted, plan
 from flax_dsconv.convert.protocol import describe
 from flax_dsconv.models import MobileNetConfig
@@ -186,13 +186,15 @@ def test_the_zoo_models_compared_whole_hold_every_uir_variant_and_the_head_norm(
     assert config.head == "post_pool" and config.head_norm
 
 
-def test_an_anti_aliased_uir_is_refused_naming_its_pool():
-    """In the _aa models the UIR's dw_mid runs at stride 1 and an AvgPool2d downsamples; with the stem stage's
-    pool removed (its conv then has stride 1, a model of its own), the reader reaches the UIR's."""
+def test_an_anti_aliased_uir_reads_its_pool_as_the_blocks_stride():
+    """In the _aa models the UIR's dw_mid runs at stride 1 and an AvgPool2d downsamples: the block's stride is the
+    pool's. With the first stage's pool removed, its conv has stride 1: a model of its own, which converts so."""
     model = timm.create_model("mobilenetv4_conv_aa_medium", num_classes=10)
     model.blocks[0][0].aa = torch.nn.Identity()
-    with pytest.raises(ConversionError, match=r"blocks\.1\.0\.dw_mid\.aa: anti-aliased downsampling \(AvgPool2d"):
-        from_torch(model)
+    config = from_torch(model)[0].config
+    first, uir = config.stages[0][0], config.stages[1][0]
+    assert (first.stride, first.aa) == (1, "none")
+    assert (uir.stride, uir.aa) == (2, "avg")
 
 
 def test_mobilenetv4_round_trips_bit_exact_through_a_state_dict_and_its_arch_name():

@@ -64,6 +64,17 @@ def _torch_stats(model) -> dict[str, np.ndarray]:
 # input), its biases nudged so that no pre-activation sits within fp32 rounding of an activation's kink (see
 # kinks.py: without that, one ReLU input at 1.9e-6 that rounds below 0 in one run zeroes an element's gradient and
 # puts every upstream gradient 5-9% off float64, which is what a MobileNetV1 draw did in eager mode on AVX-512).
+def _tiny_condconv() -> torch.nn.Module:
+    """A small EfficientNet-CondConv as timm builds one (SiLU, sigmoid-gated SE, routing by a sigmoid): a
+    separable block, then two CondConv inverted residuals of 4 experts (k3 and k5, stride 2)."""
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    arch = [["ds_r1_k3_s1_e1_c8_se0.25"], ["ir_r1_k3_s2_e4_c16_se0.25_cc4"], ["ir_r1_k5_s2_e4_c24_se0.25_cc4"]]
+    return EfficientNet(decode_arch_def(arch), num_classes=10, num_features=64, stem_size=8,
+                        act_layer=torch.nn.SiLU)  # fmt: skip
+
+
 GRAD_FAMILIES = {
     "torch_ref_mobilenet_v1_025": lambda: torch_ref.MobileNetV1(0.25, num_classes=10, dropout=0.0),
     "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10, dropout=0.0),
@@ -81,6 +92,8 @@ GRAD_FAMILIES = {
     "timm_mobilenetv4_hybrid_medium": lambda: _random_layer_scale(
         timm.create_model("mobilenetv4_hybrid_medium", num_classes=10)
     ),
+    # CondConv inverted residuals: per-example expert mixtures, gradients through the routing
+    "timm_tiny_condconv": _tiny_condconv,
 }
 # Eager execution compiles each primitive on its own (40-90 s a model on 2 cores), and what it can get wrong is the
 # library's own VJPs (shifted depthwise, pointwise, BatchNorm; see EAGER_IMPLEMENTATIONS), which MobileNetV1 runs
@@ -96,13 +109,22 @@ GRAD_SHAPE = (4, 3, 64, 64)
 # the CPU's default 'shifted' (the library's own VJPs), at 64 px so that the hybrid's attention sees 4x4 and 2x2
 # maps; the others with 'xla' at 32 px.
 ONE_DRAW = {
-    "timm_mixnet_s": ((4, 3, 32, 32), ("xla",)),
-    "timm_tf_efficientnetv2_b0": ((4, 3, 32, 32), ("xla",)),
-    "timm_mobilenetv4_conv_small": (GRAD_SHAPE, ("shifted",)),
-    "timm_mobilenetv4_hybrid_medium": (GRAD_SHAPE, ("shifted",)),
+    "timm_mixnet_s": (4, 3, 32, 32),
+    "timm_tf_efficientnetv2_b0": (4, 3, 32, 32),
+    "timm_mobilenetv4_conv_small": GRAD_SHAPE,
+    "timm_mobilenetv4_hybrid_medium": GRAD_SHAPE,
 }
 # 'pallas' runs on a GPU only; its gradients are compared with 'xla' in test_pallas.py.
 IMPLEMENTATIONS = ("xla", "shifted")
+# The CondConv blocks' convs have no depthwise implementation to choose (their per-example kernels run as one
+# grouped lax convolution): that family's other layers are the other families', so it runs with 'xla'.
+FAMILY_IMPLEMENTATIONS = {
+    "timm_tiny_condconv": ("xla",),
+    "timm_mixnet_s": ("xla",),
+    "timm_tf_efficientnetv2_b0": ("xla",),
+    "timm_mobilenetv4_conv_small": ("shifted",),
+    "timm_mobilenetv4_hybrid_medium": ("shifted",),
+}
 # Outside jit, what can differ is the library's own VJPs (the shifted depthwise conv, the pointwise conv and
 # BatchNorm): 'shifted' runs all three. 'xla' is lax's convolution under jax's autodiff, eager or not, and
 # compiling its gradient one primitive at a time took 40 s a model.
@@ -123,7 +145,7 @@ def _draw(family: str, draw: int, nudge: bool = True):
     """The torch model (train mode, biases nudged off the kinks for its input), input and labels of one draw."""
     build = GRAD_FAMILIES[family]
     g = torch.Generator().manual_seed(100 + draw)
-    shape = ONE_DRAW[family][0] if family in ONE_DRAW else GRAD_SHAPE
+    shape = ONE_DRAW.get(family, GRAD_SHAPE)
     x = torch.randn(shape, generator=g)
     y = torch.randint(0, 10, (shape[0],), generator=g)
     torch.manual_seed(draw)
@@ -154,7 +176,7 @@ def _check_gradients(family: str, draw: int) -> None:
         stats[name] = _torch_stats(m)
     torch32 = [grads["nchw"], grads["nhwc"]]
     xj, yj = to_nhwc(x), jnp.asarray(y)
-    for implementation in ONE_DRAW[family][1] if family in ONE_DRAW else IMPLEMENTATIONS:
+    for implementation in FAMILY_IMPLEMENTATIONS.get(family, IMPLEMENTATIONS):
         clone = module.clone(depthwise=implementation)
         modes = {"jit": functools.partial(_value_and_grad, clone)}
         if family in EAGER_FAMILIES and implementation in EAGER_IMPLEMENTATIONS:
@@ -319,6 +341,14 @@ def test_training_trajectory_of_mobilenetv4_matches_torch(name):
     torch.manual_seed(0)
     model = _random_layer_scale(timm.create_model(name, num_classes=10, act_layer="gelu"))
     _check_trajectory("sgd_momentum", randomize_batchnorm(model, batches[0][0]), batches)
+
+
+def test_training_trajectory_of_cond_conv_blocks_matches_torch():
+    """20 steps of SGD with momentum on a small EfficientNet-CondConv (batch 4): the experts, the routing layers and
+    the BatchNorm statistics of every CondConv block stay as close to float64 as PyTorch's."""
+    batches = _batches(size=4)
+    model = randomize_batchnorm(_tiny_condconv(), batches[0][0])
+    _check_trajectory("sgd_momentum", model, batches)
 
 
 def _check_trajectory(name: str, model: torch.nn.Module, batches) -> None:

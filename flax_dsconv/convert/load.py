@@ -13,7 +13,7 @@ from flax import traverse_util
 
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.files import load_state_dict
-from flax_dsconv.convert.plan import TO_FLAX, Variables, check_keys, plan, to_numpy
+from flax_dsconv.convert.plan import Variables, check_keys, plan, to_flax, to_numpy
 from flax_dsconv.convert.protocol import check_arguments, describe, reader_for
 from flax_dsconv.shapes import abstract_variables
 
@@ -66,7 +66,7 @@ def from_torch(
     flat, problems = {}, []
     for e in entries:
         try:
-            arr = TO_FLAX[e.layout](to_numpy(state_dict[e.torch_key], e.torch_key))
+            arr = to_flax(e, to_numpy(state_dict[e.torch_key], e.torch_key))
         except ConversionError as error:  # every bad tensor in one error, as for the keys
             problems.append(str(error))
             continue

@@ -3,7 +3,8 @@
 The Flax module is built first; its abstract variables give the plan. Module names map to torch prefixes by one
 name map per source (timm and torch_ref use Flax's names, ``blocks_1_0`` ↔ ``blocks.1.0``). Layouts: ``conv``
 HWIO↔OIHW, ``linear`` (in, out)↔(out, in), ``conv_as_linear`` for a 1x1 conv that torch holds as ``nn.Linear``,
-``vector``. ``num_batches_tracked`` is the only torch key ignored.
+``experts`` for CondConv's expert kernels (Flax ``(E, kh, kw, in, out)``, timm ``(E, out·in·kh·kw)`` flattened from
+OIHW), ``vector``. ``num_batches_tracked`` is the only torch key ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ TO_TORCH: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda k: k.transpose(3, 2, 0, 1),
     "linear": lambda k: k.T,
     "conv_as_linear": lambda k: k[0, 0].T,
+    "experts": lambda k: k.transpose(0, 4, 3, 1, 2).reshape(k.shape[0], -1),
     "vector": lambda k: k,
 }
 TO_FLAX: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -53,6 +55,16 @@ class Entry:
     torch_key: str
     torch_shape: tuple[int, ...]
     layout: str
+    flax_shape: tuple[int, ...] = ()
+
+
+def to_flax(entry: Entry, w: np.ndarray) -> np.ndarray:
+    """The torch tensor ``w`` of ``entry`` in Flax's layout (:data:`TO_FLAX`; ``experts`` unflattens to the
+    entry's Flax shape first, which the flat torch tensor does not carry)."""
+    if entry.layout == "experts":
+        experts, kh, kw, cin, cout = entry.flax_shape
+        return w.reshape(experts, cout, cin, kh, kw).transpose(0, 3, 4, 2, 1)
+    return TO_FLAX[entry.layout](w)
 
 
 # A name map takes a Flax module path (without collection and leaf) and returns the torch prefix
@@ -81,10 +93,13 @@ def plan(abstract: Variables, name_map: NameMap) -> list[Entry]:
             layout = "vector"
         elif len(leaf.shape) == 2:
             layout = "linear"
+        elif len(leaf.shape) == 5:
+            layout = "experts"
         else:
             layout = "conv_as_linear" if linear else "conv"
         torch_shape = TO_TORCH[layout](np.empty(leaf.shape, np.bool_)).shape
-        entries.append(Entry(key, f"{prefix}.{LEAF_NAMES[(collection, leaf_name)]}", torch_shape, layout))
+        entries.append(Entry(key, f"{prefix}.{LEAF_NAMES[(collection, leaf_name)]}", torch_shape, layout,
+                             tuple(leaf.shape)))
     return entries
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 from typing import Any, Literal
 
+import numpy as np
 from flax import linen as nn
 
 from flax_dsconv.convert.errors import ConversionError
@@ -19,6 +20,7 @@ from flax_dsconv.convert.torch_layers import CONVS, TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
 from flax_dsconv.nn import (
     BlockConfig,
+    CondConvResidualConfig,
     ConvBNActConfig,
     DepthwiseSeparableConv,
     EdgeResidualConfig,
@@ -30,6 +32,7 @@ from flax_dsconv.nn import (
 )
 from flax_dsconv.nn.global_context import GC_EPSILON
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import BLUR_SIZE, AntiAlias, binomial_filter
 
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
@@ -82,13 +85,13 @@ def _global_context(r: TorchReader, gc: Any, where: str) -> dict[str, Any]:
                 se_gate=r.act(gc.gate, f"{where}.gate"), se_kind="gc")  # fmt: skip
 
 
-def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False
-          ) -> dict[str, Any]:  # fmt: skip
+def _conv(r: TorchReader, conv: Any, where: str, *, depthwise: bool = False, pointwise: bool = False,
+          same: bool = False) -> dict[str, Any]:  # fmt: skip
     """A block's depthwise (``depthwise``) or 1x1 (``pointwise``) conv: a plain conv (:meth:`TorchReader.conv`'s
     settings, with ``ks=()`` and ``splits=1``), or timm's ``MixedConv2d`` (MixNet), whose groups ``0``, ``1``...
     must split the channels as :func:`~flax_dsconv.nn.split_channels` does and share stride and dilation; then
     ``ks`` holds each group's kernel size, ``splits`` their number and ``k`` the largest."""
-    checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise)
+    checks: dict[str, Any] = dict(kernel=1, stride=1) if pointwise else dict(depthwise=depthwise, same=same)
     if type(conv).__name__ != "MixedConv2d":
         if depthwise and type(conv).__name__ in CONVS and conv.groups not in (1, conv.in_channels):
             return _grouped_depthwise(r, conv, where)  # timm's group_size (the _g8/_g16 models)
@@ -121,16 +124,60 @@ def _grouped_depthwise(r: TorchReader, conv: Any, where: str) -> dict[str, Any]:
     return {**read, "ks": (), "splits": 1, "gs": conv.in_channels // conv.groups}
 
 
+def _anti_alias(r: TorchReader, aa: Any, where: str) -> tuple[AntiAlias, int]:
+    """timm's anti-aliasing layer (a block's or a ConvNormAct's ``aa``) and the stride it downsamples by: none
+    (absent or ``Identity``; stride 1), ``AvgPool2d(s)`` (``'avg'``: window s, stride s, no padding, floor) or
+    ``BlurPool2d`` with zero padding and the 3x3 binomial filter (``'blur'``, timm's ``'blurpc'``)."""
+    kind = type(aa).__name__
+    if kind in ("NoneType", "Identity"):
+        r.identity(aa, where)
+        return "none", 1
+    if kind == "AvgPool2d":
+        stride = aa.stride if isinstance(aa.stride, int) else aa.stride[0]
+        settings = (aa.kernel_size, aa.stride, aa.padding, aa.ceil_mode, aa.divisor_override)
+        if settings not in ((stride, stride, 0, False, None), ((stride,) * 2, (stride,) * 2, 0, False, None)):
+            raise ConversionError(f"{where}: {aa} (ceil_mode={aa.ceil_mode}, divisor_override={aa.divisor_override}); "
+                                  "expected AvgPool2d(s) with stride s, no padding, ceil_mode=False (timm's 'avg' "
+                                  "anti-aliasing)")  # fmt: skip
+        r.claim(aa, where)
+        return "avg", stride
+    expect_type(aa, where, ("AvgPool2d", "BlurPool2d"), "anti-aliasing")
+    pad = ((aa.stride - 1) + (BLUR_SIZE - 1)) // 2
+    if (aa.filt_size, aa.pad_mode, list(aa.padding)) != (BLUR_SIZE, "constant", [pad] * 4):
+        raise ConversionError(f"{where}: BlurPool2d(filt_size={aa.filt_size}, pad_mode={aa.pad_mode!r}, padding="
+                              f"{aa.padding}); expected filt_size={BLUR_SIZE}, pad_mode='constant', padding "
+                              f"{[pad] * 4} (timm's 'blurpc')")  # fmt: skip
+    if not aa.filt.is_meta and not np.allclose(aa.filt.double().numpy(), binomial_filter(BLUR_SIZE), rtol=0,
+                                                atol=1e-7):  # fmt: skip
+        raise ConversionError(f"{where}: BlurPool2d's filter is not the {BLUR_SIZE}x{BLUR_SIZE} binomial one")
+    r.claim(aa, where)
+    return "blur", aa.stride
+
+
+def _strided(conv: dict[str, Any], aa: tuple[AntiAlias, int], where: str) -> dict[str, Any]:
+    """A conv's settings with the block's stride: its own, or with anti-aliasing the pool's (the conv then at 1)."""
+    kind, stride = aa
+    if kind == "none":
+        return {**conv, "aa": kind}
+    if conv["s"] != 1:
+        raise ConversionError(f"{where}: stride {conv['s']} before {kind} anti-aliasing; expected 1 (the pool "
+                              "downsamples)")  # fmt: skip
+    return {**conv, "s": stride, "aa": kind}
+
+
+def _no_anti_alias(aa: tuple[AntiAlias, int], where: str, block: str) -> None:
+    if aa[0] != "none":
+        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({aa[0]}) in a {block} is not supported")
+
+
 def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[str, Any], Activation]:
     """timm's ``ConvNormAct`` (``conv``, ``bn`` with its activation inside, anti-aliasing ``aa`` when strided
-    in the _aa models): the conv's settings (``conv``: :meth:`TorchReader.conv`'s checks) and the activation."""
+    in the _aa models): the conv's settings (``conv``: :meth:`TorchReader.conv`'s checks; ``s`` the stride of conv
+    and pool together, ``aa`` the pool's kind) and the activation."""
     expect_type(cna, where, ("ConvNormAct",), "a conv + norm (ConvNormAct)")
-    aa = getattr(cna, "aa", None)
-    if type(aa).__name__ not in ("NoneType", "Identity"):  # the conv then runs at stride 1, the pool downsamples
-        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({type(aa).__name__} after a stride-1 conv) "
-                              "is not supported")  # fmt: skip
-    r.identity(aa, f"{where}.aa")
-    return r.conv(cna.conv, f"{where}.conv", **conv), r.bn(cna.bn, f"{where}.bn")
+    aa = _anti_alias(r, getattr(cna, "aa", None), f"{where}.aa")
+    settings = _strided(r.conv(cna.conv, f"{where}.conv", **conv), aa, f"{where}.conv")
+    return settings, r.bn(cna.bn, f"{where}.bn")
 
 
 def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResidualConfig:
@@ -153,11 +200,19 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
     proj, proj_act = _conv_norm(r, blk.pw_proj, f"{where}.pw_proj", kernel=1, stride=1)
     if proj_act != "identity":
         raise ConversionError(f"{where}.pw_proj.bn.act: activation {proj_act} after the projection; expected none")
+    for name, conv in (("pw_exp", exp), ("pw_proj", proj)):
+        if conv["aa"] != "none":
+            raise ConversionError(f"{where}.{name}.aa: anti-aliasing ({conv['aa']}) after a 1x1 conv; expected "
+                                  "none (only a strided depthwise conv has it)")  # fmt: skip
     strided = next((n for n in ("dw_mid", "dw_start", "dw_end") if n in depthwise), None)
     for name, conv in depthwise.items():
         if name != strided and conv["s"] != 1:
             raise ConversionError(f"{where}.{name}.conv: stride {conv['s']}; expected 1 (the block's stride is on "
                                   f"{strided}, as timm builds it)")  # fmt: skip
+    aa = {name: conv["aa"] for name, conv in depthwise.items() if conv["aa"] != "none"}
+    if set(aa) - {strided} or (aa and strided == "dw_end"):
+        raise ConversionError(f"{where}: anti-aliasing on {sorted(aa)}; expected it on the strided dw_mid or "
+                              "dw_start only")  # fmt: skip
     dilations = {name: conv["d"] for name, conv in depthwise.items()}
     if len(set(dilations.values())) > 1:
         raise ConversionError(f"{where}: depthwise dilations {dilations}; expected one dilation for all")
@@ -178,6 +233,7 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
         dilation=next(iter(dilations.values()), 1),
         act=act,
         layer_scale=layer_scale,
+        aa=aa.get(strided or "", "none"),
         skip=blk.has_skip,
     )
 
@@ -286,19 +342,59 @@ def _mobile_attention(r: TorchReader, blk: Any, where: str) -> MobileAttentionCo
                                  query_stride=qs, layer_scale=layer_scale, skip=blk.has_skip)  # fmt: skip
 
 
+def _cond_conv_residual(r: TorchReader, blk: Any, where: str) -> CondConvResidualConfig:
+    """timm's ``CondConvResidual``: ``routing_fn`` (a Linear with bias, on the pooled input, then a sigmoid) and
+    three ``CondConv2d`` of as many experts, each without bias, in an inverted residual."""
+    routing = r.linear(blk.routing_fn, f"{where}.routing_fn")
+    pw = r.cond_conv(blk.conv_pw, f"{where}.conv_pw", kernel=1, stride=1)
+    act = r.bn(blk.bn1, f"{where}.bn1")
+    dw = r.cond_conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+    dw_act = r.bn(blk.bn2, f"{where}.bn2")
+    se = _se(r, blk, where)
+    pwl = r.cond_conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
+    pwl_act = r.bn(blk.bn3, f"{where}.bn3")
+    if (dw_act, pwl_act) != (act, "identity"):
+        raise ConversionError(f"{where}: activations {act}, {dw_act}, {pwl_act} after bn1, bn2, bn3; expected {act} "
+                              "after the expansion and depthwise convs, none after the projection")  # fmt: skip
+    experts = {"routing_fn": routing["out"], "conv_pw": pw["experts"], "conv_dw": dw["experts"],
+               "conv_pwl": pwl["experts"]}  # fmt: skip
+    if len(set(experts.values())) > 1:
+        raise ConversionError(f"{where}: experts {experts}; expected one number for the routing and every conv")
+    if routing["inp"] != blk.conv_pw.in_channels or not routing["bias"]:
+        raise ConversionError(f"{where}.routing_fn: Linear({routing['inp']}, {routing['out']}, bias="
+                              f"{routing['bias']}); expected {blk.conv_pw.in_channels} inputs (the block's) and a "
+                              "bias")  # fmt: skip
+    biased = [n for n, conv in (("conv_pw", pw), ("conv_dw", dw), ("conv_pwl", pwl)) if conv["bias"]]
+    if biased:
+        raise ConversionError(f"{where}: {', '.join(biased)} with bias; expected CondConv2d without bias")
+    return CondConvResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
+                                  expand_channels=pw["out"], num_experts=routing["out"], act=act, skip=blk.has_skip,
+                                  **se)  # fmt: skip
+
+
 def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     name = type(blk).__name__
-    aa = getattr(blk, "aa", None)
-    if type(aa).__name__ not in ("NoneType", "Identity"):
-        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({type(aa).__name__}) is not supported")
-    r.identity(aa, f"{where}.aa")
+    aa = _anti_alias(r, getattr(blk, "aa", None), f"{where}.aa")  # the universal IR's sit in its ConvNormActs
     s2d = getattr(blk, "conv_s2d", None)
-    if s2d is not None:  # EfficientNet-X/H; checked first, as its SAME padding would read as mixed padding rules
-        raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2, before the "
-                              "depthwise conv) is not supported")  # fmt: skip
+    if s2d is not None and name != "DepthwiseSeparableConv":
+        raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2) in a {name} "
+                              "is not supported (only in a DepthwiseSeparableConv)")  # fmt: skip
+    if s2d is None:
+        r.identity(getattr(blk, "bn_s2d", None), f"{where}.bn_s2d")
     if name == "DepthwiseSeparableConv":
-        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        _no_anti_alias(aa, where, name)  # timm would size its BlurPool2d by the output channels, not conv_dw's
+        s2d_act = None
+        if s2d is not None:  # EfficientNet-X/H: its convs pad TF 'SAME' whatever the model's padding rule
+            conv = r.conv(s2d, f"{where}.conv_s2d", kernel=2, stride=2, same=True)
+            if conv["out"] != 4 * s2d.in_channels or conv["bias"]:
+                raise ConversionError(f"{where}.conv_s2d: {s2d.in_channels} to {conv['out']} channels, bias="
+                                      f"{conv['bias']}; expected 4x the input's, no bias")  # fmt: skip
+            s2d_act = r.bn(blk.bn_s2d, f"{where}.bn_s2d")
+        same_dw = s2d is not None and getattr(blk.conv_dw, "kernel_size", (0,))[0] == 2
+        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True, same=same_dw)
         act = r.bn(blk.bn1, f"{where}.bn1")
+        if s2d_act not in (None, act):
+            raise ConversionError(f"{where}.bn_s2d.act: activation {s2d_act}; expected the block's, {act}")
         se = _se(r, blk, where)
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         pw_act = r.bn(blk.bn2, f"{where}.bn2")
@@ -306,11 +402,12 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
             raise ConversionError(f"{where}.bn2.act: pointwise activation {pw_act} differs from {act}")
         return SeparableConfig(out_channels=pw["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                act=act, pw_act=pw_act != "identity", skip=blk.has_skip, kernel_sizes=dw["ks"],
-                               project_splits=pw["splits"], group_size=dw["gs"], **se)  # fmt: skip
+                               project_splits=pw["splits"], group_size=dw["gs"], space_to_depth=s2d is not None,
+                               **se)  # fmt: skip
     if name == "InvertedResidual":
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
-        dw = _conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True)
+        dw = _strided(_conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True), aa, f"{where}.conv_dw")
         dw_act = r.bn(blk.bn2, f"{where}.bn2")
         se = _se(r, blk, where)
         pwl = _conv(r, blk.conv_pwl, f"{where}.conv_pwl", pointwise=True)
@@ -321,12 +418,13 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                                   "projection")  # fmt: skip
         return InvertedResidualConfig(out_channels=pwl["out"], kernel_size=dw["k"], stride=dw["s"], dilation=dw["d"],
                                       expand_channels=pw["out"], act=act, skip=blk.has_skip, kernel_sizes=dw["ks"],
-                                      expand_splits=pw["splits"], project_splits=pwl["splits"], group_size=dw["gs"],
+                                      expand_splits=pw["splits"], project_splits=pwl["splits"],
+                                      group_size=dw["gs"], aa=dw["aa"],
                                       **se)  # fmt: skip
     if name == "EdgeResidual":
         # timm's force_in_chs (EdgeTPU's first block) changes only the expansion width and noskip only has_skip,
         # both read off the module. A pw_kernel_size other than 1 (no timm model has one) fails the 1x1 check.
-        exp = r.conv(blk.conv_exp, f"{where}.conv_exp", grouped=True)
+        exp = _strided(r.conv(blk.conv_exp, f"{where}.conv_exp", grouped=True), aa, f"{where}.conv_exp")
         act = r.bn(blk.bn1, f"{where}.bn1")
         se = _se(r, blk, where)
         pwl = r.conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
@@ -336,12 +434,17 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
                                   "(the edge residual block's projection is linear)")  # fmt: skip
         return EdgeResidualConfig(out_channels=pwl["out"], kernel_size=exp["k"], stride=exp["s"], dilation=exp["d"],
                                   expand_channels=exp["out"], groups=exp["groups"], act=act, skip=blk.has_skip,
-                                  **se)  # fmt: skip
+                                  aa=exp["aa"], **se)  # fmt: skip
     if name == "UniversalInvertedResidual":
         return _universal_ir(r, blk, where)
     if name == "MobileAttention":
         return _mobile_attention(r, blk, where)
+    if name == "CondConvResidual":
+        # timm builds a strided one's depthwise conv at stride 1 under an aa_layer, and never applies the pool
+        _no_anti_alias(aa, where, name)
+        return _cond_conv_residual(r, blk, where)
     if name == "ConvBnAct":
+        _no_anti_alias(aa, where, name)
         conv = r.conv(blk.conv, f"{where}.conv")
         return ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"], dilation=conv["d"],
                                act=r.bn(blk.bn1, f"{where}.bn1"), skip=blk.has_skip)  # fmt: skip

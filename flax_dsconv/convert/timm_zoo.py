@@ -10,19 +10,7 @@ from __future__ import annotations
 ZOO_MODULES = ("mobilenetv3", "efficientnet", "hardcorenas")
 
 # What the reader refuses, and the timm models that need it. Each raises a ConversionError naming the module.
-REFUSED: dict[str, tuple[str, ...]] = {
-    "anti-aliased downsampling (BlurPool2d, or AvgPool2d before a stride-1 conv)": (
-        "efficientnet_blur_b0", "mobilenetv4_conv_aa_large", "mobilenetv4_conv_aa_medium",
-        "mobilenetv4_conv_blur_medium",
-    ),
-    "CondConv (per-example routing over expert kernels)": (
-        "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e", "tf_efficientnet_cc_b0_4e",
-        "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
-    ),
-    "space-to-depth in a separable block (EfficientNet-X and -H: a 2x2 stride-2 conv before the depthwise)": (
-        "efficientnet_h_b5", "efficientnet_x_b3", "efficientnet_x_b5",
-    ),
-}  # fmt: skip
+REFUSED: dict[str, tuple[str, ...]] = {}
 
 
 def zoo_names() -> list[str]:

@@ -103,11 +103,14 @@ class TorchReader:
         self.claimed[id(module)] = where
 
     def conv(self, conv: Any, where: str, *, kernel: int | None = None, stride: int | None = None,
-             depthwise: bool = False, grouped: bool = False) -> dict[str, Any]:  # fmt: skip
+             depthwise: bool = False, grouped: bool = False, types: tuple[str, ...] = CONVS,
+             same: bool = False) -> dict[str, Any]:  # fmt: skip
         """A conv's settings. ``kernel``/``stride``: the values the config implies (e.g. 1 for a 1x1 conv);
         ``depthwise``: one group per input channel; ``grouped``: any group count, which the config records
-        (``groups`` in the result); else a dense conv, one group."""
-        expect_type(conv, where, CONVS, "a convolution")
+        (``groups`` in the result); else a dense conv, one group. ``types``: the conv classes accepted here.
+        ``same``: the conv pads TF 'SAME' whatever the model's rule (EfficientNet-X's space-to-depth convs):
+        checked, and not counted toward the model's padding."""
+        expect_type(conv, where, types, "a convolution")
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if len({*conv.kernel_size}) > 1 or len({*conv.stride}) > 1 or len({*conv.dilation}) > 1:
             raise ConversionError(f"{where}: non-square kernels/strides/dilations are not supported: {conv}")
@@ -123,7 +126,12 @@ class TorchReader:
             raise ConversionError(f"{where}: groups={conv.groups}, in={conv.in_channels}, out={conv.out_channels}; "
                                   f"expected {what}")  # fmt: skip
         check_zero_padding(conv, where)
-        if type(conv).__name__ == "Conv2dSame" or conv.padding == "same":
+        is_same = type(conv).__name__ == "Conv2dSame" or conv.padding == "same" or getattr(conv, "dynamic_padding",
+                                                                                           False)  # fmt: skip
+        if same:
+            if not is_same:
+                raise ConversionError(f"{where}: padding {conv.padding}; expected TF 'SAME' (Conv2dSame) here")
+        elif is_same:
             self.paddings.add("SAME")
         elif tuple(conv.padding) != (d * (k - 1) // 2,) * 2:
             raise ConversionError(f"{where}: padding {conv.padding} is neither symmetric 'torch' nor TF 'SAME'")
@@ -131,6 +139,12 @@ class TorchReader:
             self.paddings.add("torch")
         self.claim(conv, where)
         return dict(out=conv.out_channels, k=k, s=s, d=d, groups=conv.groups, bias=conv.bias is not None)
+
+    def cond_conv(self, conv: Any, where: str, *, kernel: int | None = None, stride: int | None = None,
+                  depthwise: bool = False) -> dict[str, Any]:  # fmt: skip
+        """timm's ``CondConv2d``: :meth:`conv`'s settings (its dynamic padding is TF 'SAME'), and ``experts``."""
+        return {**self.conv(conv, where, kernel=kernel, stride=stride, depthwise=depthwise, types=("CondConv2d",)),
+                "experts": conv.num_experts}  # fmt: skip
 
     def bn(self, bn: Any, where: str) -> Activation:
         """A model's norm: a BatchNorm (torch's, or timm's BatchNormAct2d with its activation inside), or timm's

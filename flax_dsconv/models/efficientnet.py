@@ -23,6 +23,7 @@ from flax_dsconv.nn import (
     NormConfig,
     SeparableConfig,
 )
+from flax_dsconv.ops.antialias import AntiAlias
 
 # EfficientNet-B0, Table 1: MBConv1 (no expansion: a depthwise separable block), then MBConv6; SE 0.25 throughout.
 B0_TABLE: Table = (
@@ -33,6 +34,26 @@ B0_TABLE: Table = (
     (IR(out=112, repeats=3, kernel=5, expand=6, se=0.25),),
     (IR(out=192, repeats=4, kernel=5, stride=2, expand=6, se=0.25),),
     (IR(out=320, expand=6, se=0.25),),
+)
+# EfficientNet-X (timm's version 1) and -H (version 2, narrower expansions early): B0's table with a space-to-depth
+# first stage and fused MBConvs (ReLU) in stages 1-2; the first of them closes the space-to-depth region.
+X_TABLE: Table = (
+    (DS(out=16, se=0.25, space_to_depth=True),),
+    (ER(out=24, repeats=2, stride=2, expand=6, se=0.25, act="relu"),),
+    (ER(out=40, repeats=2, kernel=5, stride=2, expand=6, se=0.25, act="relu"),),
+    *B0_TABLE[3:],
+)
+H_TABLE: Table = (
+    X_TABLE[0],
+    *(tuple(dataclasses.replace(row, expand=4.0) for row in stage) for stage in X_TABLE[1:4]),
+    *X_TABLE[4:],
+)
+
+# EfficientNet-CondConv (Yang et al. 2019): B0 with CondConv in the last three stages, 4 experts each before the
+# model's experts multiplier (timm's ``cc4``).
+CONDCONV_TABLE: Table = (
+    *B0_TABLE[:4],
+    *(tuple(dataclasses.replace(row, experts=4) for row in stage) for stage in B0_TABLE[4:]),
 )
 LITE0_TABLE: Table = tuple(tuple(dataclasses.replace(row, se=0.0) for row in stage) for stage in B0_TABLE)
 
@@ -78,6 +99,7 @@ def efficientnet(
     norm: NormConfig | None = None,
     group_size: int = 1,
     divisor: int = 8,
+    aa: AntiAlias = "none",
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
@@ -86,14 +108,67 @@ def efficientnet(
     coefficients (B1 is ``(1.0, 1.1)``, B7 ``(2.0, 3.1)``: see ``EFFICIENTNET_SCALES``). ``tf=True`` matches the
     TF-ported weights (timm's ``tf_efficientnet_*``: SAME padding, BatchNorm epsilon 1e-3). timm's experiments:
     ``norm`` in place of BatchNorm (e.g. ``GroupNormConfig(group_size=8)``), ``group_size`` channels per group in
-    the depthwise convs (grouped convs), widths rounded to multiples of ``divisor``.
+    the depthwise convs (grouped convs), widths rounded to multiples of ``divisor``. ``aa``: anti-aliased
+    downsampling in the strided blocks (``'blur'``: timm's ``efficientnet_blur_b0``).
 
     >>> model = efficientnet(1.2, 1.4, num_classes=10)  # B3
     >>> model = efficientnet(norm=GroupNormConfig(group_size=8), group_size=8)  # timm's efficientnet_b0_g8_gn
     """
     recipe = dataclasses.replace(EFFICIENTNET, norm=norm, group_size=group_size, divisor=divisor)
     return build(B0_TABLE, recipe, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
-                 in_channels=in_channels, dtype=dtype, where="efficientnet", **(TF_PORT if tf else {}))  # fmt: skip
+                 in_channels=in_channels, aa=aa, dtype=dtype, where="efficientnet",
+                 **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_condconv(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    experts_multiplier: int = 1,
+    num_classes: int = 1000,
+    *,
+    tf: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-CondConv (timm's ``efficientnet_cc_*``): :func:`efficientnet` whose last three stages are
+    :class:`~flax_dsconv.nn.CondConvResidual` blocks of ``4 · experts_multiplier`` experts; options as
+    :func:`efficientnet`.
+
+    >>> model = efficientnet_condconv(1.0, 1.1, experts_multiplier=2)  # CondConv-B1, 8 experts
+    """
+    if isinstance(experts_multiplier, bool) or not isinstance(experts_multiplier, int) or experts_multiplier < 1:
+        raise ValueError(f"efficientnet_condconv: experts_multiplier must be a positive int, got "
+                         f"{experts_multiplier!r}")  # fmt: skip
+    table = tuple(tuple(dataclasses.replace(row, experts=row.experts * experts_multiplier) for row in stage)
+                  for stage in CONDCONV_TABLE)  # fmt: skip
+    return build(table, EFFICIENTNET, width_multiplier, depth_multiplier, num_classes=num_classes, dropout=dropout,
+                 in_channels=in_channels, dtype=dtype, where="efficientnet_condconv",
+                 **(TF_PORT if tf else {}))  # fmt: skip
+
+
+def efficientnet_x(
+    width_multiplier: float = 1.0,
+    depth_multiplier: float = 1.0,
+    num_classes: int = 1000,
+    *,
+    version: int = 1,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    dtype: Any | None = None,
+) -> MobileNet:
+    """EfficientNet-X (``version=1``) and -H (``version=2``) as timm builds them (``efficientnet_x_b3``, ``_x_b5``,
+    ``efficientnet_h_b5``): a space-to-depth first stage (a 2x2 stride-2 conv to 4x the channels, then separable
+    blocks 4x as wide), fused MBConvs with ReLU in stages 1-2, then B0's inverted residuals; scaled as
+    :func:`efficientnet`.
+
+    >>> model = efficientnet_x(1.2, 1.4)  # X-B3
+    """
+    if version not in (1, 2):
+        raise ValueError(f"efficientnet_x: version must be 1 (EfficientNet-X) or 2 (-H), got {version!r}")
+    return build(X_TABLE if version == 1 else H_TABLE, EFFICIENTNET, width_multiplier, depth_multiplier,
+                 num_classes=num_classes, dropout=dropout, in_channels=in_channels, dtype=dtype,
+                 where="efficientnet_x")  # fmt: skip
 
 
 def efficientnet_lite(
@@ -231,6 +306,10 @@ LITE_SCALES: dict[str, tuple[float, float]] = {
     "lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2), "lite3": (1.2, 1.4), "lite4": (1.4, 1.8),
 }  # fmt: skip
 EDGETPU_SCALES: dict[str, tuple[float, float]] = {"es": (1.0, 1.0), "em": (1.0, 1.1), "el": (1.2, 1.4)}
+# CondConv: (width, depth, experts multiplier) — 4 or 8 experts.
+CONDCONV_SCALES: dict[str, tuple[float, float, int]] = {
+    "b0_4e": (1.0, 1.0, 1), "b0_8e": (1.0, 1.0, 2), "b1_8e": (1.0, 1.1, 2),
+}  # fmt: skip
 TINYNET_SCALES: dict[str, tuple[float, float]] = {
     "a": (1.0, 1.2), "b": (0.75, 1.1), "c": (0.54, 0.85), "d": (0.54, 0.695), "e": (0.51, 0.6),
 }  # fmt: skip
@@ -244,6 +323,12 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
        for tag, (w, d) in LITE_SCALES.items() for p in ("", "tf_")},
     **{f"{p}efficientnet_{tag}": functools.partial(efficientnet_edgetpu, w, d, tf=p == "tf_")
        for tag, (w, d) in EDGETPU_SCALES.items() for p in ("", "tf_")},
+    **{f"{p}efficientnet_cc_{tag}": functools.partial(efficientnet_condconv, w, d, e, tf=p == "tf_")
+       for tag, (w, d, e) in CONDCONV_SCALES.items() for p in ("", "tf_")},
+    "efficientnet_blur_b0": functools.partial(efficientnet, *EFFICIENTNET_SCALES["b0"], aa="blur"),
+    "efficientnet_x_b3": functools.partial(efficientnet_x, *EFFICIENTNET_SCALES["b3"]),
+    "efficientnet_x_b5": functools.partial(efficientnet_x, *EFFICIENTNET_SCALES["b5"]),
+    "efficientnet_h_b5": functools.partial(efficientnet_x, 1.92, 2.2, version=2),
     "efficientnet_es_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["es"]),
     "efficientnet_el_pruned": functools.partial(efficientnet_edgetpu, *EDGETPU_SCALES["el"]),
     **{f"tinynet_{tag}": functools.partial(tinynet, w, d) for tag, (w, d) in TINYNET_SCALES.items()},

@@ -4,7 +4,8 @@ names.
 Universal inverted bottlenecks named by their depthwise convs: ExtraDW (``start_kernel`` and ``kernel``), IB
 (``kernel`` only), ConvNeXt-like (``start_kernel`` only), FFN (neither). The hybrids add mobile multi-query
 attention blocks (:data:`MQA` rows: query heads, key/value width, key/value stride) and a layer scale on every
-universal inverted bottleneck and attention block. The anti-aliased variants have no Flax block here.
+universal inverted bottleneck and attention block. The anti-aliased variants (timm's ``_aa_`` and ``_blur_``)
+stride their blocks by a pool after a stride-1 conv.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from flax_dsconv.models.network import MobileNet
 from flax_dsconv.models.table import CONV, ER, MQA, UIR, Recipe, SqueezeExciteRule, Table, build
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import AntiAlias
 
 # MobileNetV4-Conv-S, as timm and the TF reference define it.
 V4_SMALL: Table = (
@@ -188,12 +190,14 @@ def mobilenet_v4_conv(
     width_multiplier: float = 1.0,
     num_classes: int = 1000,
     *,
+    aa: AntiAlias = "none",
     dropout: float = 0.0,
     in_channels: int = 3,
     dtype: Any | None = None,
 ) -> MobileNet:
     """MobileNetV4-Conv-S/M/L: ReLU, a 1280 conv head after pooling followed by BatchNorm (timm's ``norm_head``).
-    A width multiplier below 1 keeps the stem unscaled, as timm does.
+    A width multiplier below 1 keeps the stem unscaled, as timm does. ``aa``: anti-aliased downsampling in every
+    strided block (``'avg'``: timm's ``mobilenetv4_conv_aa_*``, ``'blur'``: ``mobilenetv4_conv_blur_medium``).
 
     >>> model = mobilenet_v4_conv("medium", num_classes=10)
     """
@@ -204,7 +208,7 @@ def mobilenet_v4_conv(
     recipe = Recipe(stem=stem, act="relu", se=se, head="post_pool", head_channels=1280, head_norm=True,
                     fix_stem_below=1.0)  # fmt: skip
     return build(table, recipe, width_multiplier, num_classes=num_classes, dropout=dropout, in_channels=in_channels,
-                 dtype=dtype, where="mobilenet_v4_conv")  # fmt: skip
+                 aa=aa, dtype=dtype, where="mobilenet_v4_conv")  # fmt: skip
 
 
 # (stem channels, activation, table): Hybrid-L is MobileNetV4's one GELU model (exact, erf).
@@ -249,4 +253,7 @@ TIMM_MODELS: dict[str, Callable[..., MobileNet]] = {
     "mobilenetv4_hybrid_medium_075": functools.partial(mobilenet_v4_hybrid, "medium", 0.75),
     "mobilenetv4_hybrid_large": functools.partial(mobilenet_v4_hybrid, "large"),
     "mobilenetv4_hybrid_large_075": functools.partial(mobilenet_v4_hybrid, "large", 0.75),
+    "mobilenetv4_conv_aa_medium": functools.partial(mobilenet_v4_conv, "medium", aa="avg"),
+    "mobilenetv4_conv_blur_medium": functools.partial(mobilenet_v4_conv, "medium", aa="blur"),
+    "mobilenetv4_conv_aa_large": functools.partial(mobilenet_v4_conv, "large", aa="avg"),
 }

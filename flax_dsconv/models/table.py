@@ -18,6 +18,7 @@ from flax_dsconv.models.network import MobileNet
 from flax_dsconv.nn import (
     BatchNormConfig,
     BlockConfig,
+    CondConvResidualConfig,
     ConvBNActConfig,
     EdgeResidualConfig,
     InvertedResidualConfig,
@@ -28,6 +29,7 @@ from flax_dsconv.nn import (
 )
 from flax_dsconv.nn.global_context import SeKind
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import AntiAlias
 
 BlockKind = Literal["ds", "ir", "er", "uir", "mqa", "conv"]
 DepthTrunc = Literal["ceil", "round"]
@@ -54,6 +56,12 @@ class Row:
     ``project_splits`` (ds, ir): channel groups of the 1x1 expansion / projection.
     ``heads``, ``key_dim``, ``kv_stride``: an mqa block's query heads, its key and value width (timm's ``d``, both),
     and the stride of its keys and values (1: full size).
+    ``experts``: an ir block's CondConv experts (0: plain convs; else a :class:`~flax_dsconv.nn.CondConvResidual`).
+    ``space_to_depth``: a ds row (stride 1) that opens a space-to-depth region (EfficientNet-X/H, as timm's builder
+    does it): its first block starts with a 2x2 stride-2 conv to 4x the channels and halves its depthwise kernel
+    (``(k + 1) // 2``); every block of the region has 4x ``out`` channels; the next strided block closes it, at
+    stride 1 (the space-to-depth conv did its striding) and a quarter of its expansion ratio (its input is 4x as
+    wide).
     """
 
     block: BlockKind
@@ -76,6 +84,8 @@ class Row:
     heads: int = 0
     key_dim: int = 0
     kv_stride: int = 1
+    experts: int = 0
+    space_to_depth: bool = False
 
     def __post_init__(self) -> None:
         # A setting the block kind has no place for would be dropped silently by the builder: refuse it.
@@ -83,19 +93,23 @@ class Row:
         attention = ("heads", "key_dim", "kv_stride")
         unused = {
             "conv": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", *mixed,
-                     *attention),
-            "uir": ("se", "pw_act", "group_size", *mixed, *attention),
+                     *attention, "experts", "space_to_depth"),
+            "uir": ("se", "pw_act", "group_size", *mixed, *attention, "experts", "space_to_depth"),
             "mqa": ("se", "expand", "pw_act", "start_kernel", "end_kernel", "group_size", "expand_from", "act",
-                    *mixed),
-            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "expand_splits", *attention),
-            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size", *attention),
-            "er": ("pw_act", "start_kernel", "end_kernel", *mixed, *attention),
+                    *mixed, "experts", "space_to_depth"),
+            "ds": ("expand", "start_kernel", "end_kernel", "group_size", "expand_from", "expand_splits", *attention,
+                   "experts"),
+            "ir": ("pw_act", "start_kernel", "end_kernel", "group_size", *attention, "space_to_depth"),
+            "er": ("pw_act", "start_kernel", "end_kernel", *mixed, *attention, "experts", "space_to_depth"),
         }[self.block]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         given = [name for name in unused if getattr(self, name) != defaults[name]]
         if given:
             raise ValueError(f"Row: a {self.block!r} block has no {', '.join(given)} (got "
                              f"{', '.join(f'{n}={getattr(self, n)!r}' for n in given)})")  # fmt: skip
+        if self.space_to_depth and self.stride != 1:
+            raise ValueError(f"Row: space_to_depth=True with stride={self.stride}; expected 1 (the space-to-depth "
+                             "conv strides)")  # fmt: skip
 
 
 Stage = tuple[Row, ...]
@@ -191,9 +205,14 @@ def _se_channels(row: Row, mid: int, rule: SqueezeExciteRule, round_limit: float
     return make_divisible(reduced, round_limit=round_limit) if rule.divisible else round(reduced)
 
 
-def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe) -> BlockConfig:
+def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: Recipe, aa: AntiAlias = "none"
+           ) -> BlockConfig:  # fmt: skip
     act = row.act or recipe.act
-    skip = row.skip and stride == 1 and in_ch == out
+    skip = row.skip and stride == 1 and in_ch == out and not row.space_to_depth
+    aa = aa if stride > 1 else "none"  # timm anti-aliases the strided blocks only
+    if aa != "none" and (row.block in ("conv", "ds") or row.experts):
+        raise ValueError(f"build: aa={aa!r} on a strided {row.block!r}{' CondConv' if row.experts else ''} block; "
+                         "anti-aliasing is implemented for ir, er and uir blocks")  # fmt: skip
     if row.block == "mqa":
         return MobileAttentionConfig(out_channels=out, kernel_size=row.kernel, stride=stride, num_heads=row.heads,
                                      key_dim=row.key_dim, value_dim=row.key_dim, kv_stride=row.kv_stride,
@@ -204,7 +223,7 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     if row.block == "uir":
         return UniversalInvertedResidualConfig(
             out_channels=out, expand_channels=mid, start_kernel_size=row.start_kernel, kernel_size=row.kernel,
-            end_kernel_size=row.end_kernel, stride=stride, act=act, layer_scale=recipe.layer_scale, skip=skip,
+            end_kernel_size=row.end_kernel, stride=stride, act=act, layer_scale=recipe.layer_scale, skip=skip, aa=aa,
         )  # fmt: skip
     se_channels = _se_channels(row, mid, recipe.se, recipe.round_limit)
     # Without SE the configs keep their own SE defaults, as conversion reads them.
@@ -215,14 +234,18 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     if row.block == "ds":
         return SeparableConfig(out_channels=out, kernel_size=kernel, stride=stride, act=act, pw_act=row.pw_act,
                                skip=skip, kernel_sizes=row.kernels, project_splits=row.project_splits,
-                               group_size=recipe.group_size, **se)  # fmt: skip
+                               group_size=recipe.group_size, space_to_depth=row.space_to_depth, **se)  # fmt: skip
+    if row.block == "ir" and row.experts:
+        return CondConvResidualConfig(out_channels=out, kernel_size=kernel, stride=stride, expand_channels=mid,
+                                      num_experts=row.experts, act=act, skip=skip, **se)  # fmt: skip
     if row.block == "ir":
         return InvertedResidualConfig(out_channels=out, kernel_size=kernel, stride=stride, expand_channels=mid,
                                       act=act, skip=skip, kernel_sizes=row.kernels, expand_splits=row.expand_splits,
-                                      project_splits=row.project_splits, group_size=recipe.group_size,
+                                      project_splits=row.project_splits, group_size=recipe.group_size, aa=aa,
                                       **se)  # fmt: skip
     return EdgeResidualConfig(out_channels=out, kernel_size=row.kernel, stride=stride, expand_channels=mid, act=act,
-                              groups=mid // row.group_size if row.group_size else 1, skip=skip, **se)  # fmt: skip
+                              groups=mid // row.group_size if row.group_size else 1, skip=skip, aa=aa,
+                              **se)  # fmt: skip
 
 
 def build(
@@ -236,12 +259,14 @@ def build(
     in_channels: int = 3,
     padding: Padding = "torch",
     bn_epsilon: float = 1e-5,
+    aa: AntiAlias = "none",
     dtype: Any | None = None,
     where: str = "build",
 ) -> MobileNet:
     """The network ``table`` describes under ``recipe``: every row's channels ``make_divisible(c · width)``, every
     stage's repeats :func:`scale_depth`-ed (``depth_multiplier``: one for all stages or one per stage), PyTorch's
-    BatchNorm momentum. ``where`` names the builder in errors.
+    BatchNorm momentum. ``aa``: anti-aliased downsampling in every strided block (timm's ``aa_layer``; the stem
+    keeps its strided conv). ``where`` names the builder in errors.
 
     >>> model = build(((Row(block="ds", out=16),), (Row(block="ir", out=24, stride=2, expand=6),)), recipe)
     """
@@ -261,6 +286,7 @@ def build(
     stem = recipe.stem if width_multiplier < recipe.fix_stem_below else ch(recipe.stem)
     in_ch = stem
     stages: list[tuple[BlockConfig, ...]] = []
+    space_to_depth = False  # inside a space-to-depth region (see Row)
     for s, (stage, depth) in enumerate(zip(table, depths, strict=True)):
         fixed = recipe.fix_first_last and s in (0, len(table) - 1)
         repeats = scale_depth(tuple(r.repeats for r in stage), 1.0 if fixed else depth, recipe.depth_trunc)
@@ -268,7 +294,15 @@ def build(
         for row, n in zip(stage, repeats, strict=True):
             expand_in = ch(row.expand_from) if row.expand_from else 0
             for i in range(n):
-                blocks.append(_block(row, in_ch, expand_in or in_ch, ch(row.out), row.stride if i == 0 else 1, recipe))
+                stride, block_row = row.stride if i == 0 else 1, dataclasses.replace(row, space_to_depth=False)
+                if space_to_depth and stride > 1:
+                    stride, space_to_depth = 1, False
+                    block_row = dataclasses.replace(block_row, expand=row.expand / 4)
+                elif row.space_to_depth and not space_to_depth:
+                    space_to_depth = True
+                    block_row = dataclasses.replace(row, kernel=(row.kernel + 1) // 2)
+                out = ch(row.out) * (4 if space_to_depth else 1)
+                blocks.append(_block(block_row, in_ch, expand_in or in_ch, out, stride, recipe, aa))
                 in_ch = blocks[-1].out_channels
         stages.append(tuple(blocks))
     head = recipe.head_channels

@@ -8,6 +8,7 @@ groups as ``'0'``, ``'1'``... as timm's ``MixedConv2d`` does) mirror timm's attr
 conversion keys, and never depend on Flax's automatic naming.
 """
 
+from flax_dsconv.nn.cond_conv import CondConv, CondConvResidual, CondConvResidualConfig
 from flax_dsconv.nn.conv import (
     DepthwiseConv,
     MixedDepthwiseConv,
@@ -47,6 +48,9 @@ __all__ = [
     "BatchNormConfig",
     "BlockConfig",
     "BlockContext",
+    "CondConv",
+    "CondConvResidual",
+    "CondConvResidualConfig",
     "ConvBNAct",
     "ConvBNActConfig",
     "DepthwiseConv",

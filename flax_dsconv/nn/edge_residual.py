@@ -15,6 +15,7 @@ from flax_dsconv.nn.global_context import SeKind, channel_attention
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import AntiAlias, anti_alias, check_anti_alias
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -23,7 +24,8 @@ class EdgeResidualConfig(BlockConfig):
     """An :class:`EdgeResidual` in a network: ``expand_channels`` wide inside, its k x k conv in ``groups``
     groups (1: dense), squeeze-excite of ``se_channels`` (0: none) after it (``se_kind='gc'``: global context).
 
-    The gate defaults to the sigmoid: timm's ``SqueezeExcite`` default, which every EfficientNet uses.
+    The gate defaults to the sigmoid: timm's ``SqueezeExcite`` default, which every EfficientNet uses. ``aa``:
+    anti-aliased downsampling (``'avg'``, ``'blur'``: the k x k conv at stride 1, then that pool strides).
     """
 
     kind = "er"
@@ -33,13 +35,19 @@ class EdgeResidualConfig(BlockConfig):
     se_act: Activation = "relu"
     se_gate: Activation = "sigmoid"
     se_kind: SeKind = "se"
+    aa: AntiAlias = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_anti_alias(self.aa, self.stride, "EdgeResidualConfig")
 
 
 class EdgeResidual(nn.Module):
     """Edge residual / fused MBConv (timm's ``EdgeResidual``).
 
     ``conv_exp`` (k x k, stride, dilation, ``groups``) → ``bn1`` → act → [``se``] → ``conv_pwl`` (1x1 linear
-    projection) → ``bn2``, plus the input when ``skip``.
+    projection) → ``bn2``, plus the input when ``skip``. ``aa`` (``'avg'``, ``'blur'``): ``conv_exp`` runs at
+    stride 1 and that pool strides after ``bn1`` and its activation (timm's ``aa_layer``).
 
     >>> EdgeResidual(features=48, expand_channels=128, strides=2).init(key, jnp.ones((1, 56, 56, 32)))
     """
@@ -56,6 +64,7 @@ class EdgeResidual(nn.Module):
     se_act: str = "relu"
     se_gate: str = "sigmoid"
     se_kind: SeKind = "se"
+    aa: str = "none"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: NormConfig = BatchNormConfig()
@@ -68,11 +77,13 @@ class EdgeResidual(nn.Module):
         check_nhwc(x, None if kernel is None else kernel[-2] * self.groups, where(self))
         if x.shape[-1] % self.groups:  # flax.linen.Conv only asserts this
             raise ValueError(f"{where(self)}: {x.shape[-1]} input channels do not split into groups={self.groups}")
+        check_anti_alias(self.aa, self.strides, where(self))
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
-        x = full_conv(self.expand_channels, self.kernel_size, self.strides, self.padding, self.dilation,
+        strides = 1 if self.aa != "none" else self.strides
+        x = full_conv(self.expand_channels, self.kernel_size, strides, self.padding, self.dilation,
                       groups=self.groups, dtype=self.dtype, name="conv_exp")(x)  # fmt: skip
-        x = norm(name="bn1", act=self.act)(x)
+        x = anti_alias(norm(name="bn1", act=self.act)(x), self.aa, self.strides)
         if self.se_channels:
             x = channel_attention(self.se_kind, self.se_channels, self.se_act, self.se_gate, self.dtype)(x)
         x = PointwiseConv(self.features, dtype=self.dtype, name="conv_pwl")(x)
@@ -94,6 +105,7 @@ class EdgeResidual(nn.Module):
             se_act=config.se_act,
             se_gate=config.se_gate,
             se_kind=config.se_kind,
+            aa=config.aa,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

@@ -8,12 +8,13 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from flax_dsconv.nn.common import add_residual
+from flax_dsconv.nn.common import add_residual, where
 from flax_dsconv.nn.conv import block_depthwise, check_group_size, check_mixed_kernels, pointwise_conv
 from flax_dsconv.nn.global_context import SeKind, channel_attention
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.ops.activations import Activation
+from flax_dsconv.ops.antialias import AntiAlias, anti_alias, check_anti_alias
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -24,7 +25,9 @@ class InvertedResidualConfig(BlockConfig):
     group of the depthwise conv; ``kernel_size`` is then the largest; empty: one ``kernel_size`` kernel),
     ``expand_splits``/``project_splits`` (groups of the 1x1 expansion/projection; 1: a dense 1x1 conv).
     ``group_size``: channels per group of the k x k conv (1: depthwise; timm's ``_g8`` models: 8). ``se_kind``:
-    ``'se'`` squeeze-excite or ``'gc'`` global context (timm's ``gc_`` models)."""
+    ``'se'`` squeeze-excite or ``'gc'`` global context (timm's ``gc_`` models). ``aa``:
+    anti-aliased downsampling (``'avg'``, ``'blur'``: the depthwise conv at stride 1, then that pool strides;
+    :mod:`~flax_dsconv.ops.antialias`)."""
 
     kind = "ir"
     expand_channels: int
@@ -37,6 +40,7 @@ class InvertedResidualConfig(BlockConfig):
     expand_splits: int = 1
     project_splits: int = 1
     group_size: int = 1
+    aa: AntiAlias = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +48,7 @@ class InvertedResidualConfig(BlockConfig):
                                                                      "InvertedResidualConfig"))  # fmt: skip
         check_splits(self, ("expand_splits", "project_splits"))
         check_group_size(self.group_size, self.kernel_sizes, "InvertedResidualConfig")
+        check_anti_alias(self.aa, self.stride, "InvertedResidualConfig")
 
 
 class InvertedResidual(nn.Module):
@@ -56,6 +61,8 @@ class InvertedResidual(nn.Module):
     kernel size per channel group), ``expand_splits``/``project_splits`` > 1 make ``conv_pw``/``conv_pwl`` a
     :class:`MixedPointwiseConv` each. ``group_size`` > 1 makes ``conv_dw`` a grouped conv (timm's ``_g8``
     models), ``se_kind='gc'`` the attention a :class:`GlobalContext`.
+    :class:`MixedPointwiseConv` each. ``aa`` (``'avg'``, ``'blur'``): ``conv_dw`` runs at stride 1 and that pool
+    strides after ``bn2`` and its activation (timm's ``aa_layer``).
 
     >>> InvertedResidual(features=24, expand_channels=96, strides=2).init(key, jnp.ones((1, 56, 56, 16)))
     """
@@ -75,6 +82,7 @@ class InvertedResidual(nn.Module):
     expand_splits: int = 1
     project_splits: int = 1
     group_size: int = 1
+    aa: str = "none"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: NormConfig = BatchNormConfig()
@@ -85,12 +93,14 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
+        check_anti_alias(self.aa, self.strides, where(self))
         shortcut = x
         x = pointwise_conv(self.expand_channels, self.expand_splits, dtype=self.dtype, name="conv_pw")(x)
         x = norm(name="bn1", act=self.act)(x)
-        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
+        strides = 1 if self.aa != "none" else self.strides
+        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, strides, self.padding, self.dilation,
                             implementation=self.depthwise, dtype=self.dtype, group_size=self.group_size)  # fmt: skip
-        x = norm(name="bn2", act=self.act)(x)
+        x = anti_alias(norm(name="bn2", act=self.act)(x), self.aa, self.strides)
         if self.se_channels:
             x = channel_attention(self.se_kind, self.se_channels, self.se_act, self.se_gate, self.dtype)(x)
         x = pointwise_conv(self.features, self.project_splits, dtype=self.dtype, name="conv_pwl")(x)
@@ -115,6 +125,7 @@ class InvertedResidual(nn.Module):
             expand_splits=config.expand_splits,
             project_splits=config.project_splits,
             group_size=config.group_size,
+            aa=config.aa,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

@@ -43,6 +43,7 @@ class MobileAttentionConfig(BlockConfig):
     layer_scale: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_splits(self, ("num_heads", "key_dim", "value_dim", "kv_stride", "query_stride", "kernel_size",
                             "dilation"))  # fmt: skip
         if self.stride != 1:
@@ -153,6 +154,7 @@ class MobileAttention(nn.Module):
     padding: PaddingLike = "torch"
     layer_scale: bool = True
     skip: bool = False
+    drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: BatchNormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
@@ -174,7 +176,7 @@ class MobileAttention(nn.Module):
                                 self.query_stride, name="attn")(x)  # fmt: skip
         if self.layer_scale:
             x = LayerScale(dtype=self.dtype, name="layer_scale")(x)
-        return add_residual(x, shortcut, self.skip)
+        return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod
     def from_config(cls, config: MobileAttentionConfig, context: BlockContext, name: str) -> MobileAttention:
@@ -190,6 +192,7 @@ class MobileAttention(nn.Module):
             padding=context.padding,
             layer_scale=config.layer_scale,
             skip=config.skip,
+            drop_path=config.drop_path,
             norm=context.norm,
             axis_name=context.axis_name,
             dtype=context.dtype,

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.conv import PointwiseConv, block_depthwise, check_group_size, check_mixed_kernels, pointwise_conv
+from flax_dsconv.nn.conv import (
+    PointwiseConv,
+    block_depthwise,
+    check_group_size,
+    check_mixed_kernels,
+    full_conv,
+    pointwise_conv,
+)
 from flax_dsconv.nn.global_context import SeKind, channel_attention
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
@@ -26,7 +33,9 @@ class SeparableConfig(BlockConfig):
     convs: ``kernel_sizes`` (one per channel group of the depthwise conv; ``kernel_size`` is then the largest;
     empty: one ``kernel_size`` kernel) and ``project_splits`` (groups of the 1x1 conv; 1: a dense 1x1 conv).
     ``group_size``: channels per group of the k x k conv (1: depthwise; timm's ``_g8`` models: 8). ``se_kind``:
-    ``'se'`` squeeze-excite or ``'gc'`` global context."""
+    ``'se'`` squeeze-excite or ``'gc'`` global context.
+    ``space_to_depth``: EfficientNet-X/H's first block, which starts with a 2x2 stride-2 conv to 4x the channels
+    (``conv_s2d``, then ``bn_s2d`` and the activation) and then runs at ``stride`` 1 on the result."""
 
     kind = "ds"
     pw_act: bool = False
@@ -37,6 +46,7 @@ class SeparableConfig(BlockConfig):
     kernel_sizes: tuple[int, ...] = ()
     project_splits: int = 1
     group_size: int = 1
+    space_to_depth: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +54,18 @@ class SeparableConfig(BlockConfig):
                                                                      "SeparableConfig"))  # fmt: skip
         check_splits(self, ("project_splits",))
         check_group_size(self.group_size, self.kernel_sizes, "SeparableConfig")
+        check_space_to_depth(self.space_to_depth, self.stride, self.skip, bool(self.kernel_sizes) or
+                             self.project_splits != 1, "SeparableConfig")  # fmt: skip
+
+
+def check_space_to_depth(space_to_depth: bool, stride: int, skip: bool, mixed: bool, where: str) -> None:
+    """A space-to-depth block strides by its ``conv_s2d`` alone (so ``stride`` 1), changes the size (so no
+    residual), and has one depthwise kernel and a dense 1x1 conv, as in timm."""
+    if not space_to_depth:
+        return
+    if stride != 1 or skip or mixed:
+        raise ValueError(f"{where}: space_to_depth=True with stride={stride}, skip={skip}, mixed convs={mixed}; "
+                         "expected stride 1 (conv_s2d strides), no skip and no mixed convs")  # fmt: skip
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -58,6 +80,10 @@ class DepthwiseSeparableConv(nn.Module):
     makes ``conv_dw`` a grouped conv, ``se_kind='gc'`` the attention a :class:`GlobalContext`. ``kernel_sizes``
     makes ``conv_dw`` a :class:`MixedDepthwiseConv` and ``project_splits`` > 1 ``conv_pw`` a
     :class:`MixedPointwiseConv` (MixNet; neither with the seed's bias, pointwise stride or padding).
+
+    ``space_to_depth`` (EfficientNet-X/H, timm's ``s2d``): first ``conv_s2d`` (2x2, stride 2, TF 'SAME', to 4x the
+    channels) → ``bn_s2d`` → act, then the block on that, with ``conv_dw`` padded TF 'SAME' when its kernel is 2
+    (timm halves the kernel there: 3 becomes 2) and by ``padding`` otherwise.
 
     >>> block = DepthwiseSeparableConv(features=128)
     >>> variables = block.init(key, jnp.ones((1, 64, 64, 32)))
@@ -79,6 +105,7 @@ class DepthwiseSeparableConv(nn.Module):
     kernel_sizes: tuple[int, ...] = ()
     project_splits: int = 1
     group_size: int = 1
+    space_to_depth: bool = False
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     use_bias: bool = False
@@ -94,13 +121,21 @@ class DepthwiseSeparableConv(nn.Module):
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         # Checked here, not only by conv_dw: its input may be padded below, which would garble the message.
-        kernel = bound_kernel_shape(self, ("conv_dw",))
-        check_nhwc(x, None if kernel is None else kernel[-1], where(self))
+        kernel = bound_kernel_shape(self, ("conv_s2d",) if self.space_to_depth else ("conv_dw",))
+        check_nhwc(x, None if kernel is None else kernel[-2 if self.space_to_depth else -1], where(self))
         mixed = bool(self.kernel_sizes) or self.project_splits != 1
         if mixed and (self.use_bias or self.pointwise_strides != 1 or self.pointwise_padding != 0):
             raise ValueError(f"{where(self)}: mixed convs (kernel_sizes={tuple(self.kernel_sizes)}, project_splits="
                              f"{self.project_splits}) have no bias, pointwise stride or pointwise padding")  # fmt: skip
-        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, self.padding, self.dilation,
+        check_space_to_depth(self.space_to_depth, self.strides, self.skip, mixed, where(self))
+        padding = self.padding
+        if self.space_to_depth:
+            if self.use_bias or self.pointwise_strides != 1 or self.pointwise_padding != 0:
+                raise ValueError(f"{where(self)}: space_to_depth has no bias, pointwise stride or pointwise padding")
+            x = full_conv(4 * x.shape[-1], 2, 2, "SAME", dtype=self.dtype, name="conv_s2d")(x)
+            x = norm(name="bn_s2d", act=self.act)(x)
+            padding = "SAME" if self.kernel_size == 2 else padding
+        x = block_depthwise(x, self.kernel_size, self.kernel_sizes, self.strides, padding, self.dilation,
                             implementation=self.depthwise, dtype=self.dtype, use_bias=self.use_bias,
                             group_size=self.group_size)  # fmt: skip
         x = norm(name="bn1", act=self.act)(x)
@@ -137,6 +172,7 @@ class DepthwiseSeparableConv(nn.Module):
             kernel_sizes=config.kernel_sizes,
             project_splits=config.project_splits,
             group_size=config.group_size,
+            space_to_depth=config.space_to_depth,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,

@@ -15,6 +15,7 @@ from flax_dsconv.nn.conv import PointwiseConv, block_depthwise
 from flax_dsconv.nn.layer_scale import LayerScale
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
+from flax_dsconv.ops.antialias import AntiAlias, anti_alias, check_anti_alias
 from flax_dsconv.ops.padding import PaddingLike
 
 
@@ -26,7 +27,9 @@ class UniversalInvertedResidualConfig(BlockConfig):
     ``kernel_size`` (the inherited field) between expansion and projection, ``end_kernel_size`` after the
     projection — timm's ``dw_kernel_size_start/mid/end``. The paper's variants: ExtraDW (start and middle),
     IB (middle only), ConvNeXt-like (start only), FFN (none). ``layer_scale``: a learned per-channel scale on
-    the output (MobileNetV4's hybrids).
+    the output (MobileNetV4's hybrids). ``aa``: anti-aliased downsampling on the strided depthwise conv
+    (``'avg'``, ``'blur'``: that conv at stride 1, then the pool strides; ``dw_mid`` or ``dw_start``, not ``dw_end``,
+    as in timm).
     """
 
     kind = "uir"
@@ -34,10 +37,19 @@ class UniversalInvertedResidualConfig(BlockConfig):
     start_kernel_size: int = 0
     end_kernel_size: int = 0
     layer_scale: bool = False
+    aa: AntiAlias = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_anti_alias(self.aa, self.stride, "UniversalInvertedResidualConfig")
+        if self.aa != "none" and not (self.kernel_size or self.start_kernel_size):
+            raise ValueError(f"UniversalInvertedResidualConfig: aa={self.aa!r} needs dw_mid or dw_start to stride "
+                             "(timm anti-aliases no dw_end)")  # fmt: skip
 
 
 class _ConvNorm(nn.Module):
-    """timm's ``ConvNormAct`` as the block uses it: ``conv`` then ``bn``, then ``act``."""
+    """timm's ``ConvNormAct`` as the block uses it: ``conv`` then ``bn``, then ``act``, then the anti-aliasing pool
+    ``aa`` (which then does the striding: the conv runs at stride 1)."""
 
     features: int | None  # a 1x1 conv to this many channels; None: a depthwise kernel_size conv
     norm: Callable[..., nn.Module]
@@ -48,15 +60,17 @@ class _ConvNorm(nn.Module):
     act: str = "identity"
     dtype: Any | None = None
     implementation: str = "auto"
+    aa: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.features is not None:
             x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
         else:
-            x = block_depthwise(x, self.kernel_size, (), self.strides, self.padding, self.dilation,
+            strides = 1 if self.aa != "none" else self.strides
+            x = block_depthwise(x, self.kernel_size, (), strides, self.padding, self.dilation,
                                 implementation=self.implementation, dtype=self.dtype, name="conv")  # fmt: skip
-        return self.norm(name="bn", act=self.act)(x)
+        return anti_alias(self.norm(name="bn", act=self.act)(x), self.aa, self.strides)
 
 
 class UniversalInvertedResidual(nn.Module):
@@ -66,7 +80,8 @@ class UniversalInvertedResidual(nn.Module):
     act)] → ``pw_proj`` (1x1 project, BN, no act) → [``dw_end`` (depthwise, BN, no act)] → [``layer_scale``],
     plus the input when ``skip``. Each bracketed conv exists when its kernel size is not 0. The stride goes on
     ``dw_mid`` if it exists, else ``dw_start``, else ``dw_end`` (timm's and the TF reference's placement);
-    ``dilation`` applies to every depthwise conv.
+    ``dilation`` applies to every depthwise conv. ``aa`` (``'avg'``, ``'blur'``): the strided conv (``dw_mid`` or
+    ``dw_start``) runs at stride 1 and that pool strides after its norm and activation (timm's ``aa_layer``).
 
     >>> UniversalInvertedResidual(96, 288, start_kernel_size=5, kernel_size=5, strides=2).init(
     ...     key, jnp.ones((1, 28, 28, 64)))
@@ -82,6 +97,7 @@ class UniversalInvertedResidual(nn.Module):
     padding: PaddingLike = "torch"
     act: str = "relu"
     layer_scale: bool = False
+    aa: str = "none"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
     norm: NormConfig = BatchNormConfig()
@@ -98,11 +114,15 @@ class UniversalInvertedResidual(nn.Module):
         if self.strides != 1 and strided is None:
             raise ValueError(f"{where(self)}: strides={self.strides} needs a depthwise conv to stride, but every "
                              "depthwise kernel size is 0")  # fmt: skip
+        check_anti_alias(self.aa, self.strides, where(self))
+        if self.aa != "none" and strided == "dw_end":
+            raise ValueError(f"{where(self)}: aa={self.aa!r} on dw_end; timm anti-aliases dw_mid or dw_start only")
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
 
         def conv(x: jax.Array, name: str, features: int | None = None, act: str = "identity") -> jax.Array:
             return _ConvNorm(features, norm, kernels.get(name, 1), self.strides if name == strided else 1,
-                             self.dilation, self.padding, act, self.dtype, self.depthwise, name=name)(x)  # fmt: skip
+                             self.dilation, self.padding, act, self.dtype, self.depthwise,
+                             self.aa if name == strided else "none", name=name)(x)  # fmt: skip
 
         shortcut = x
         if self.start_kernel_size:
@@ -132,6 +152,7 @@ class UniversalInvertedResidual(nn.Module):
             padding=context.padding,
             act=config.act,
             layer_scale=config.layer_scale,
+            aa=config.aa,
             skip=config.skip,
             drop_path=config.drop_path,
             norm=context.norm,
