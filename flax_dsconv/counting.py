@@ -1,7 +1,7 @@
 """Parameters and multiply-adds, per layer, as the MobileNet paper counts them (Tables 1-2).
 
-Mult-adds count convolutions and dense layers only (not BatchNorm, activations, pooling, nor the mobile attention
-block's query-key and weights-value products), per image.
+Mult-adds count convolutions, dense layers and the mobile attention block's two products (queries with keys,
+weights with values), per image; not BatchNorm, activations, pooling nor the softmax.
 Layers are found with ``flax.linen.intercept_methods`` on an abstract ``init``: nothing is computed.
 """
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_dsconv.nn import CondConv, DepthwiseConv, PointwiseConv
+from flax_dsconv.nn import CondConv, DepthwiseConv, MultiQueryAttention, PointwiseConv
 
 
 def count_params(variables: Any) -> int:
@@ -39,7 +39,8 @@ _KINDS = ((DepthwiseConv, "depthwise"), (PointwiseConv, "pointwise"), (nn.Conv, 
 
 
 def layer_counts(module: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCount]:
-    """Every conv and dense layer in call order with its output shape, weights (+bias) and mult-adds.
+    """Every conv and dense layer (and attention product) in call order with its output shape, weights (+bias) and
+    mult-adds (an attention's weights are its projections', counted as their own layers).
 
     ``input_shape`` is NHWC, e.g. ``(1, 224, 224, 3)``; counts are per image.
     """
@@ -47,6 +48,14 @@ def layer_counts(module: nn.Module, input_shape: tuple[int, ...]) -> list[LayerC
 
     def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
         out = next_fun(*args, **kwargs)
+        if isinstance(context.module, MultiQueryAttention) and context.method_name == "__call__":
+            m, (height, width) = context.module, args[0].shape[1:3]
+            queries = (height // m.query_stride) * (width // m.query_stride)
+            keys = -(-height // m.kv_stride) * -(-width // m.kv_stride)  # the strided conv's output, as padded
+            macs = queries * keys * m.num_heads * (m.key_dim + m.value_dim)  # q·kᵀ, then weights·v, per head
+            name = "/".join(m.scope.path if m.scope is not None else ())
+            records.append(LayerCount(name, "attention", tuple(out.shape[1:]), 0, macs))
+            return out
         kind = next((k for cls, k in _KINDS if isinstance(context.module, cls)), None)
         if kind is not None and context.method_name == "__call__":
             params = context.module.variables["params"]

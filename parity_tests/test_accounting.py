@@ -120,7 +120,7 @@ EDITS = {
     },
     # MBConv: features.1.0 without expansion (depthwise, SE, projection), features.2.1 with it and a residual.
     "torchvision efficientnet_b0": {
-        "activation": (_set("features.1.0.block.0.2", nn.GELU()), "features.1.0.block.0.2"),
+        "activation": (_set("features.1.0.block.0.2", nn.Mish()), "features.1.0.block.0.2"),
         "projection activation": (_set("features.2.1.block.3.2", nn.SiLU()), "features.2.1.block.3.2"),
         "supported activation": (_set("features.2.1.block.2.scale_activation", nn.Hardsigmoid()), None),
         "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
@@ -141,7 +141,7 @@ EDITS = {
     # FusedMBConv: features.1.1 one conv with a residual, features.2.1 expansion + projection with a residual.
     "torchvision efficientnet_v2_s": {
         "activation": (_set("features.2.1.block.1.2", nn.ReLU()), "features.2.1.block.1.2"),
-        "unsupported activation": (_set("features.1.1.block.0.2", nn.GELU()), "features.1.1.block.0.2"),
+        "unsupported activation": (_set("features.1.1.block.0.2", nn.Mish()), "features.1.1.block.0.2"),
         "pooling": (_set("avgpool", nn.AdaptiveMaxPool2d(1)), "avgpool"),
         "norm": (_group_norm("features.2.1.block.0.1"), "features.2.1.block.0.1"),
         "conv setting": (_stride("features.2.1.block.1.0"), "features.2.1.block.1.0"),
@@ -179,7 +179,7 @@ EDITS = {
         ),
     },
     "timm mobilenetv3_small_100": {
-        "activation": (_set("blocks.1.0.bn2.act", nn.GELU()), "blocks.1.0.bn2.act"),
+        "activation": (_set("blocks.1.0.bn2.act", nn.Mish()), "blocks.1.0.bn2.act"),
         "supported activation": (_set("blocks.0.0.se.gate", nn.Sigmoid()), None),  # converts (test below)
         "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
         "norm": (_set("bn1", nn.BatchNorm2d(16)), None),  # plain BN: converts when the activation is kept
@@ -192,7 +192,7 @@ EDITS = {
     # Edge residual blocks: blocks.1.0 dense and strided, blocks.1.1 grouped with a residual.
     "timm mobilenet_edgetpu_v2_xs": {
         "activation": (_set("blocks.1.0.bn2.act", nn.ReLU()), "blocks.1.0.bn2.act"),  # the projection is linear
-        "unsupported activation": (_set("blocks.1.1.bn1.act", nn.GELU()), "blocks.1.1.bn1.act"),
+        "unsupported activation": (_set("blocks.1.1.bn1.act", nn.Mish()), "blocks.1.1.bn1.act"),
         "supported activation": (_set("blocks.1.0.bn1.act", nn.ReLU6()), None),  # the block's act: converts
         "pooling": (_set("global_pool", nn.AdaptiveMaxPool2d(1)), "global_pool"),
         "norm": (_group_norm("blocks.1.1.bn1"), "blocks.1.1.bn1"),

@@ -92,3 +92,37 @@ def test_summary_lists_every_layer_with_totals():
     assert "blocks_4_1/conv_pw" in text and "5x5x768" in text
     assert "total params (incl. BatchNorm scale/bias): 2,585,560" in text
     assert f"total mult-adds: {count_macs(mobilenet_v1(0.75), (1, 160, 160, 3)):,}" in text
+
+
+# One model per block family of timm's zoo. Not counted here, as the module docstring says: pooling, hence
+# BlurPool2d's fixed filter (efficientnet_blur_b0) and GlobalContext's attention pooling (gc_efficientnetv2_rw_t).
+FLOP_COUNTED = ("efficientnet_b0", "tf_efficientnetv2_b0", "mixnet_s", "lcnet_100", "hardcorenas_a", "fbnetv3_b",
+                "mobilenet_edgetpu_v2_xs", "efficientnet_b1_pruned", "efficientnet_b0_gn", "test_efficientnet_evos",
+                "efficientnet_x_b3", "mobilenetv4_conv_aa_medium", "mobilenetv4_hybrid_medium",
+                "efficientnet_cc_b0_4e")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FLOP_COUNTED)
+def test_mult_adds_equal_torchs_flop_counter_on_the_timm_model(name):
+    """count_macs of create_model(name) is torch's FlopCounterMode count of timm's model (halved: it counts a
+    multiply-add as two FLOPs), the mobile attention's products included (timm's unfused attention: the fused
+    kernel is not counted by torch); a CondConv's mixing of its expert kernels (an aten.mm) is not counted."""
+    import timm
+    import torch
+    from timm.layers import set_fused_attn, use_fused_attn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flax_dsconv import create_model
+
+    fused = use_fused_attn()
+    set_fused_attn(False)
+    try:
+        with torch.device("meta"):  # shapes only
+            model = timm.create_model(name).eval()
+            with FlopCounterMode(display=False) as counter:
+                model(torch.empty(1, 3, 224, 192))
+    finally:
+        set_fused_attn(fused)
+    counts = {str(op): n // 2 for op, n in counter.get_flop_counts()["Global"].items()}
+    mixing = counts.pop("aten.mm", 0) if name.startswith("efficientnet_cc") else 0
+    assert sum(counts.values()) == count_macs(create_model(name), (1, 224, 192, 3)), (name, counts, mixing)

@@ -109,6 +109,7 @@ GRAD_SHAPE = (4, 3, 64, 64)
 # the CPU's default 'shifted' (the library's own VJPs), at 64 px so that the hybrid's attention sees 4x4 and 2x2
 # maps; the others with 'xla' at 32 px.
 ONE_DRAW = {
+    "tv_mobilenet_v3_large": GRAD_SHAPE,  # V3-Small's blocks
     "timm_mixnet_s": (4, 3, 32, 32),
     "timm_tf_efficientnetv2_b0": (4, 3, 32, 32),
     "timm_mobilenetv4_conv_small": GRAD_SHAPE,
@@ -119,6 +120,7 @@ IMPLEMENTATIONS = ("xla", "shifted")
 # The CondConv blocks' convs have no depthwise implementation to choose (their per-example kernels run as one
 # grouped lax convolution): that family's other layers are the other families', so it runs with 'xla'.
 FAMILY_IMPLEMENTATIONS = {
+    "tv_mobilenet_v3_large": ("shifted",),
     "timm_tiny_condconv": ("xla",),
     "timm_mixnet_s": ("xla",),
     "timm_tf_efficientnetv2_b0": ("xla",),

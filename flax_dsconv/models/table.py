@@ -229,7 +229,9 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
     # Without SE the configs keep their own SE defaults, as conversion reads them.
     se: dict[str, Any] = {}
     if se_channels:
-        se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate, se_kind=recipe.se.kind)
+        se = dict(se_channels=se_channels, se_act=recipe.se.act or act, se_gate=recipe.se.gate)
+        if recipe.se.kind != "se":  # global context (the CondConv block has squeeze-excite only)
+            se["se_kind"] = recipe.se.kind
     kernel = max(row.kernels) if row.kernels else row.kernel
     if row.block == "ds":
         return SeparableConfig(out_channels=out, kernel_size=kernel, stride=stride, act=act, pw_act=row.pw_act,

@@ -14,7 +14,7 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
 from flax_dsconv.nn.squeeze_excite import SqueezeExcite
 from flax_dsconv.ops.activations import Activation, activation
@@ -121,7 +121,7 @@ class CondConvResidual(nn.Module):
     se_gate: str = "sigmoid"
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
 
@@ -129,7 +129,7 @@ class CondConvResidual(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         bound = bound_kernel_shape(self, ("routing_fn",))
         check_nhwc(x, None if bound is None else bound[0], where(self))
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         act = activation(self.act)
         shortcut = x
         pooled = jnp.mean(x, axis=(1, 2))

@@ -13,7 +13,7 @@ from flax import linen as nn
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.conv import PointwiseConv, block_depthwise
 from flax_dsconv.nn.layer_scale import LayerScale
-from flax_dsconv.nn.norm import BatchNorm, BatchNormConfig
+from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.ops.activations import Activation
 from flax_dsconv.ops.attention import multi_query_attention
@@ -93,7 +93,7 @@ class MultiQueryAttention(nn.Module):
     ``query_stride`` > 1: ``query`` average-pools its input first (then its ``norm``), and the attention's output
     is upsampled back bilinearly (half-pixel centres, torch's ``align_corners=False``) before ``output.proj``; the
     input's height and width must then be multiples of it. ``norm``: the constructor of the downsampling norms
-    (``BatchNorm.partial(...)``).
+    (``nn.norm_layer(...)``).
 
     >>> MultiQueryAttention(160, 4, 64, 64, kv_stride=2, norm=norm).init(key, jnp.ones((1, 14, 14, 160)))
     """
@@ -155,7 +155,7 @@ class MobileAttention(nn.Module):
     layer_scale: bool = True
     skip: bool = False
     drop_path: float = 0.0  # stochastic depth of the residual branch (acts only where skip, in training)
-    norm: BatchNormConfig = BatchNormConfig()
+    norm: NormConfig = BatchNormConfig()
     axis_name: str | None = None
     dtype: Any | None = None
     depthwise: str = "auto"  # the key/value down_conv's implementation: 'auto', 'xla', 'shifted' or 'pallas'
@@ -168,7 +168,7 @@ class MobileAttention(nn.Module):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where(self)}: {name} must be a positive int, got {value!r}")
-        norm = BatchNorm.partial(self.norm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+        norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         x = norm(name="norm")(x)
         x = MultiQueryAttention(self.features, self.num_heads, self.key_dim, self.value_dim, norm, self.kv_stride,

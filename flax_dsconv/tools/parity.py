@@ -108,7 +108,9 @@ class Case:
 ZOO_ROWS = (
     "mobilenetv4_conv_small", "mnasnet_100", "fbnetv3_b", "lcnet_100", "hardcorenas_a", "efficientnet_b0",
     "tf_efficientnet_b0", "tinynet_e", "efficientnet_lite0", "efficientnetv2_rw_t", "tf_efficientnetv2_b0",
-    "mobilenet_edgetpu_v2_xs", "mixnet_s", "tf_mixnet_s",
+    "mobilenet_edgetpu_v2_xs", "mixnet_s", "tf_mixnet_s", "efficientnet_b0_gn", "test_efficientnet_evos",
+    "test_efficientnet_ln", "gc_efficientnetv2_rw_t", "efficientnet_cc_b0_4e", "efficientnet_blur_b0",
+    "mobilenetv4_conv_aa_medium", "efficientnet_x_b3", "mobilenetv4_hybrid_medium",
 )  # fmt: skip
 
 
