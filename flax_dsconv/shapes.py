@@ -18,7 +18,8 @@ def abstract_variables(module: nn.Module, in_channels: int, size: int = 64) -> d
         # Nor on the depthwise implementation: lax's convolution traces in a third of the time of the shifted
         # kernels and their custom VJPs, which 'auto' picks on a CPU (from_torch traces once per conversion).
         if isinstance(getattr(module, field, None), str):
-            module = module.clone(**{field: "xla"})
+            settings: dict[str, Any] = {field: "xla"}
+            module = module.clone(**settings)
     x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
     return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
 
