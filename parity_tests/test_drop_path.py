@@ -141,3 +141,18 @@ def test_a_model_with_drop_path_trains_with_a_dropout_key_and_evaluates_unchange
     assert not np.allclose(np.asarray(train(variables, x, jax.random.key(2))),
                            np.asarray(train(variables, x, jax.random.key(3))))  # the masks differ with the key
     assert any(b.skip and b.drop_path > 0 for b in model.config.blocks)  # some block's branch can be dropped
+
+
+def test_export_ignores_the_stochastic_depth_it_cannot_see_in_the_target():
+    """Stochastic depth acts in training only: a model without it exports into torchvision's skeleton (0.2 by
+    default), and one with it into timm's by name (built without it), as dropout does."""
+    from flax_dsconv import to_torch_state_dict
+
+    x = jnp.zeros((1, 64, 64, 3))
+    plain = create_model("efficientnet_b0", num_classes=10)
+    variables = random_variables(plain, x)
+    exported = to_torch_state_dict(plain, variables, source="torchvision", arch="efficientnet_b0")
+    torchvision.models.efficientnet_b0(num_classes=10).load_state_dict(exported, strict=True)
+    dropping = create_model("efficientnet_b0", num_classes=10, drop_path_rate=0.2)
+    exported = to_torch_state_dict(dropping, variables, source="timm", arch="efficientnet_b0")
+    timm.create_model("efficientnet_b0", num_classes=10).load_state_dict(exported, strict=True)

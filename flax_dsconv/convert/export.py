@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 
 # What a module computes beyond its weights' shapes, compared field by field when exporting. Left out: dropout,
-# BatchNorm momentum and running-variance rule, dtype, the depthwise implementation and axis_name — training
-# or execution choices that the torch model makes for itself, which do not change its eval-mode outputs.
-_NOT_COMPARED = "dropout, BatchNorm momentum and running-variance rule, dtype, depthwise implementation, axis_name"
+# stochastic depth, BatchNorm momentum and running-variance rule, dtype, the depthwise implementation and
+# axis_name — training or execution choices that the torch model makes for itself, which do not change its
+# eval-mode outputs.
+_NOT_COMPARED = ("dropout, stochastic depth, BatchNorm momentum and running-variance rule, dtype, depthwise "
+                 "implementation, axis_name")  # fmt: skip
 
 
 def _norm_fields(norm: NormConfig) -> dict[str, Any]:
@@ -42,7 +44,7 @@ def _computation(module: nn.Module) -> dict[str, Any]:
             f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in ("stages", "dropout", "norm")
         }
         fields["number of blocks"] = len(c.blocks)
-        fields.update({f"block {i}": b for i, b in enumerate(c.blocks)})
+        fields.update({f"block {i}": dataclasses.replace(b, drop_path=0.0) for i, b in enumerate(c.blocks)})
         fields.update(_norm_fields(c.norm))
         return fields
     if isinstance(module, DepthwiseSeparableConv):

@@ -72,12 +72,13 @@ def _global_context(r: TorchReader, gc: Any, where: str) -> dict[str, Any]:
     fc2 = r.conv(mlp.fc2, f"{where}.mlp_scale.fc2", kernel=1, stride=1)
     if (attn["out"], attn["bias"], fc1["bias"], fc2["bias"]) != (1, True, True, True):
         raise ConversionError(f"{where}: conv_attn to {attn['out']} channels, biases (conv_attn, fc1, fc2) "
-                              f"{attn['bias'], fc1['bias'], fc2['bias']}; expected 1 channel and biases throughout")
+                              f"{attn['bias'], fc1['bias'], fc2['bias']}; expected 1 channel and biases "
+                              "throughout")  # fmt: skip
     norm = mlp.norm
     expect_type(norm, f"{where}.mlp_scale.norm", ("LayerNorm2d",), "a LayerNorm over channels")
     if norm.eps != GC_EPSILON or not norm.elementwise_affine or norm.bias is None:
         raise ConversionError(f"{where}.mlp_scale.norm: LayerNorm2d eps={norm.eps:g}, elementwise_affine="
-                              f"{norm.elementwise_affine}; expected eps={GC_EPSILON:g}, affine with bias")
+                              f"{norm.elementwise_affine}; expected eps={GC_EPSILON:g}, affine with bias")  # fmt: skip
     r.claim(norm, f"{where}.mlp_scale.norm")
     if r.dropout(mlp.drop, f"{where}.mlp_scale.drop"):
         raise ConversionError(f"{where}.mlp_scale.drop: dropout {mlp.drop.p} inside the attention; expected 0")
@@ -237,6 +238,7 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
         skip=blk.has_skip,
     )
 
+
 def _children(r: TorchReader, seq: Any, where: str, names: tuple[str, ...]) -> None:
     """A ``Sequential`` holding exactly the modules ``names``, in that order."""
     expect_type(seq, where, ("Sequential",), "a sequence of layers")
@@ -351,6 +353,9 @@ def _cond_conv_residual(r: TorchReader, blk: Any, where: str) -> CondConvResidua
     dw = r.cond_conv(blk.conv_dw, f"{where}.conv_dw", depthwise=True)
     dw_act = r.bn(blk.bn2, f"{where}.bn2")
     se = _se(r, blk, where)
+    if se.get("se_kind", "se") != "se":
+        raise ConversionError(f"{where}.se: {type(blk.se).__name__} in a CondConvResidual is not supported (its "
+                              "attention is squeeze-excite only)")  # fmt: skip
     pwl = r.cond_conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
     pwl_act = r.bn(blk.bn3, f"{where}.bn3")
     if (dw_act, pwl_act) != (act, "identity"):

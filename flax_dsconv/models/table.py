@@ -238,6 +238,10 @@ def _block(row: Row, in_ch: int, expand_in: int, out: int, stride: int, recipe: 
                                skip=skip, kernel_sizes=row.kernels, project_splits=row.project_splits,
                                group_size=recipe.group_size, space_to_depth=row.space_to_depth, **se)  # fmt: skip
     if row.block == "ir" and row.experts:
+        mixed = row.kernels or row.expand_splits != 1 or row.project_splits != 1 or recipe.group_size != 1
+        if mixed or recipe.se.kind != "se":
+            raise ValueError(f"build: a CondConv row (experts={row.experts}) has plain convs and squeeze-excite "
+                             "only: no kernels, splits, group_size or global context")  # fmt: skip
         return CondConvResidualConfig(out_channels=out, kernel_size=kernel, stride=stride, expand_channels=mid,
                                       num_experts=row.experts, act=act, skip=skip, **se)  # fmt: skip
     if row.block == "ir":

@@ -130,19 +130,18 @@ class CondConvResidual(nn.Module):
         bound = bound_kernel_shape(self, ("routing_fn",))
         check_nhwc(x, None if bound is None else bound[0], where(self))
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-        act = activation(self.act)
         shortcut = x
         pooled = jnp.mean(x, axis=(1, 2))
-        routing = jax.nn.sigmoid(nn.Dense(self.num_experts, dtype=self.dtype, name="routing_fn")(pooled))
+        routing = activation("sigmoid")(nn.Dense(self.num_experts, dtype=self.dtype, name="routing_fn")(pooled))
         x = CondConv(self.expand_channels, self.num_experts, dtype=self.dtype, name="conv_pw")(x, routing)
-        x = act(norm(name="bn1")(x))
+        x = norm(name="bn1", act=self.act)(x)
         x = CondConv(0, self.num_experts, self.kernel_size, self.strides, self.padding, self.dilation, depthwise=True,
                      dtype=self.dtype, name="conv_dw")(x, routing)  # fmt: skip
-        x = act(norm(name="bn2")(x))
+        x = norm(name="bn2", act=self.act)(x)
         if self.se_channels:
             x = SqueezeExcite(self.se_channels, self.se_act, self.se_gate, self.dtype, name="se")(x)
         x = CondConv(self.features, self.num_experts, dtype=self.dtype, name="conv_pwl")(x, routing)
-        x = norm(name="bn3")(x)
+        x = norm(name="bn3", act="identity")(x)
         return add_residual(x, shortcut, self.skip, self.drop_path, train)
 
     @classmethod

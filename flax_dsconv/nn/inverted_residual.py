@@ -60,9 +60,8 @@ class InvertedResidual(nn.Module):
     MixNet's variant (Tan & Le 2019): ``kernel_sizes`` makes ``conv_dw`` a :class:`MixedDepthwiseConv` (one
     kernel size per channel group), ``expand_splits``/``project_splits`` > 1 make ``conv_pw``/``conv_pwl`` a
     :class:`MixedPointwiseConv` each. ``group_size`` > 1 makes ``conv_dw`` a grouped conv (timm's ``_g8``
-    models), ``se_kind='gc'`` the attention a :class:`GlobalContext`.
-    :class:`MixedPointwiseConv` each. ``aa`` (``'avg'``, ``'blur'``): ``conv_dw`` runs at stride 1 and that pool
-    strides after ``bn2`` and its activation (timm's ``aa_layer``).
+    models), ``se_kind='gc'`` the attention a :class:`GlobalContext`. ``aa`` (``'avg'``, ``'blur'``):
+    ``conv_dw`` runs at stride 1 and that pool strides after ``bn2`` and its activation (timm's ``aa_layer``).
 
     >>> InvertedResidual(features=24, expand_channels=96, strides=2).init(key, jnp.ones((1, 56, 56, 16)))
     """
