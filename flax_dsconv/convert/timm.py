@@ -181,6 +181,16 @@ def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[
     return settings, r.bn(cna.bn, f"{where}.bn")
 
 
+def _layer_scale(r: TorchReader, blk: Any, where: str) -> bool:
+    """Whether the block scales its output (timm's ``LayerScale2d``; Identity: no)."""
+    if type(blk.layer_scale).__name__ == "Identity":
+        r.identity(blk.layer_scale, f"{where}.layer_scale")
+        return False
+    expect_type(blk.layer_scale, f"{where}.layer_scale", ("LayerScale2d",), "a layer scale")
+    r.claim(blk.layer_scale, f"{where}.layer_scale")
+    return True
+
+
 def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResidualConfig:
     """timm's ``UniversalInvertedResidual``: its optional depthwise convs, each where timm puts it, with the
     activations and the stride placement the Flax block has."""
@@ -217,12 +227,7 @@ def _universal_ir(r: TorchReader, blk: Any, where: str) -> UniversalInvertedResi
     dilations = {name: conv["d"] for name, conv in depthwise.items()}
     if len(set(dilations.values())) > 1:
         raise ConversionError(f"{where}: depthwise dilations {dilations}; expected one dilation for all")
-    layer_scale = type(blk.layer_scale).__name__ != "Identity"
-    if layer_scale:
-        expect_type(blk.layer_scale, f"{where}.layer_scale", ("LayerScale2d",), "a layer scale")
-        r.claim(blk.layer_scale, f"{where}.layer_scale")
-    else:
-        r.identity(blk.layer_scale, f"{where}.layer_scale")
+    layer_scale = _layer_scale(r, blk, where)
     kernel = {name: conv["k"] for name, conv in depthwise.items()}
     return UniversalInvertedResidualConfig(
         out_channels=proj["out"],
@@ -333,12 +338,7 @@ def _mobile_attention(r: TorchReader, blk: Any, where: str) -> MobileAttentionCo
     if len(set(settings.values())) > 1:
         raise ConversionError(f"{at}: key and value down_conv (kernel, dilation) differ: {settings}")
     kernel, dilation = next(iter(settings.values()), (3, 1))
-    layer_scale = type(blk.layer_scale).__name__ != "Identity"
-    if layer_scale:
-        expect_type(blk.layer_scale, f"{where}.layer_scale", ("LayerScale2d",), "a layer scale")
-        r.claim(blk.layer_scale, f"{where}.layer_scale")
-    else:
-        r.identity(blk.layer_scale, f"{where}.layer_scale")
+    layer_scale = _layer_scale(r, blk, where)
     return MobileAttentionConfig(out_channels=projections["output"]["out"], kernel_size=kernel, dilation=dilation,
                                  num_heads=heads, key_dim=key_dim, value_dim=value_dim, kv_stride=attn.kv_stride,
                                  query_stride=qs, layer_scale=layer_scale, skip=blk.has_skip)  # fmt: skip
