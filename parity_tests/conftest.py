@@ -29,6 +29,7 @@ __all__ = [
     "stage_outputs",
     "to_nchw",
     "to_nhwc",
+    "torch_runs",
 ]
 
 # Every fp32 comparison with PyTorch follows one rule, referenced to float64: per tensor, Flax's fp32 error
@@ -170,6 +171,24 @@ def _random_weights(build, seed: int) -> torch.nn.Module:
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+def torch_runs(module: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor, train: bool):
+    """``module`` in float64 (``'exact'``) and in fp32 in both memory formats (``'nchw'``, ``'nhwc'``), each on its
+    own copy, in train or eval mode: per run, the output, the gradients of ``sum(output · cotangent)`` with respect
+    to the input and every parameter, and the BatchNorm statistics after the pass."""
+    runs = {"exact": copy.deepcopy(module).double(), "nchw": copy.deepcopy(module), "nhwc": channels_last(module)}
+    outputs, grads, stats = {}, {}, {}
+    for run, m in runs.items():
+        m.train(train)
+        xr = x.double() if run == "exact" else x.to(memory_format=torch.channels_last) if run == "nhwc" else x
+        xr = xr.clone().requires_grad_(True)
+        out = m(xr)
+        (out * cotangent.to(out.dtype)).sum().backward()
+        outputs[run] = {"output": out.detach().numpy()}
+        grads[run] = {"input": xr.grad.numpy(), **{k: p.grad.numpy() for k, p in m.named_parameters()}}
+        stats[run] = {k: v.numpy() for k, v in m.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    return outputs, grads, stats
 
 
 def stage_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:

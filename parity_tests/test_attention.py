@@ -5,15 +5,13 @@ hybrids are compared whole in test_zoo.py; their gradients and a trajectory are 
 
 from __future__ import annotations
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_as_close_as_torch, channels_last, random_variables, randomize_batchnorm, to_nchw, to_nhwc
+from conftest import assert_as_close_as_torch, random_variables, randomize_batchnorm, to_nchw, to_nhwc, torch_runs
 from flax import traverse_util
 from timm.layers.attention2d import MultiQueryAttention2d
 from timm.models._efficientnet_blocks import MobileAttention as TimmMobileAttention
@@ -101,18 +99,7 @@ def _compare(label: str, torch_module: torch.nn.Module, module, apply, train: bo
     torch_module = randomize_batchnorm(torch_module, x).train(train)
     variables, entries = _variables(module, torch_module)  # before a train-mode pass moves the statistics
     cotangent = torch.randn((2, out_channels, *SIZE), generator=g)
-    runs = {"exact": copy.deepcopy(torch_module).double(), "nchw": copy.deepcopy(torch_module),
-            "nhwc": channels_last(torch_module)}  # fmt: skip
-    outputs, grads, stats = {}, {}, {}
-    for run, m in runs.items():
-        m.train(train)
-        xr = x.double() if run == "exact" else x.to(memory_format=torch.channels_last) if run == "nhwc" else x
-        xr = xr.clone().requires_grad_(True)
-        out = m(xr)
-        (out * cotangent.to(out.dtype)).sum().backward()
-        outputs[run] = {"output": out.detach().numpy()}
-        grads[run] = {"input": xr.grad.numpy(), **{k: p.grad.numpy() for k, p in m.named_parameters()}}
-        stats[run] = {k: v.numpy() for k, v in m.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    outputs, grads, stats = torch_runs(torch_module, x, cotangent, train)
 
     @jax.jit
     def forward_and_vjp(params, x, cotangent):

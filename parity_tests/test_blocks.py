@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_as_close_as_torch, channels_last, randomize_batchnorm, to_nchw, to_nhwc
+from conftest import assert_as_close_as_torch, randomize_batchnorm, to_nchw, to_nhwc, torch_runs
 from flax import linen as flax_nn
 from flax import traverse_util
 from kinks import nudge_off_kinks
@@ -117,17 +117,7 @@ def _assert_block_matches_timm(
     train mode the updated BatchNorm statistics) by the float64-referenced rule, both torch memory formats setting
     the bound."""
     variables, entries = _variables(module, blk, in_channels)  # before a train-mode pass moves the statistics
-    runs = {"exact": copy.deepcopy(blk).double(), "nchw": copy.deepcopy(blk), "nhwc": channels_last(blk)}
-    outputs, grads, stats = {}, {}, {}
-    for run, m in runs.items():
-        m.train(train)
-        xr = x.double() if run == "exact" else x.to(memory_format=torch.channels_last) if run == "nhwc" else x
-        xr = xr.clone().requires_grad_(True)
-        out = m(xr)
-        (out * cotangent.to(out.dtype)).sum().backward()
-        outputs[run] = {"output": out.detach().numpy()}
-        grads[run] = {"input": xr.grad.numpy(), **{k: p.grad.numpy() for k, p in m.named_parameters()}}
-        stats[run] = {k: v.numpy() for k, v in m.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    outputs, grads, stats = torch_runs(blk, x, cotangent, train)
 
     @jax.jit
     def forward_and_vjp(params, x, cotangent):

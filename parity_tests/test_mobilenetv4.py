@@ -4,8 +4,6 @@ round trip, and the MobileNetV4 models the reader refuses."""
 
 from __future__ import annotations
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +13,10 @@ import torch
 from conftest import (
     assert_as_close_as_torch,
     assert_model_matches_torch,
-    channels_last,
     randomize_batchnorm,
     to_nchw,
     to_nhwc,
+    torch_runs,
 )
 from flax import traverse_util
 from kinks import nudge_off_kinks
@@ -113,17 +111,7 @@ def test_uir_matches_timm_forward_and_both_gradients(name, train):
     size = 16 // case.get("stride", 1)
     cotangent = torch.randn((2, case["out_chs"], size, size), generator=g)
 
-    runs = {"exact": copy.deepcopy(blk).double(), "nchw": copy.deepcopy(blk), "nhwc": channels_last(blk)}
-    outputs, grads, stats = {}, {}, {}
-    for run, m in runs.items():
-        m.train(train)
-        xr = x.double() if run == "exact" else x.to(memory_format=torch.channels_last) if run == "nhwc" else x
-        xr = xr.clone().requires_grad_(True)
-        out = m(xr)
-        (out * cotangent.to(out.dtype)).sum().backward()
-        outputs[run] = {"output": out.detach().numpy()}
-        grads[run] = {"input": xr.grad.numpy(), **{k: p.grad.numpy() for k, p in m.named_parameters()}}
-        stats[run] = {k: v.numpy() for k, v in m.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    outputs, grads, stats = torch_runs(blk, x, cotangent, train)
 
     @jax.jit
     def forward_and_vjp(params, x, cotangent):
