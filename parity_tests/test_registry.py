@@ -27,6 +27,26 @@ def test_create_model_builds_the_config_timm_builds(name):
     assert other == _timm_config(name, num_classes=7, in_chans=1), name
 
 
+def test_every_builder_create_model_calls_is_exported_and_builds_that_names_config():
+    """A user can call each family's builder directly: every function behind a name is in flax_dsconv.models, and
+    calling it with the name's arguments gives create_model's (so timm's, above) config."""
+    import functools
+
+    import flax_dsconv.models
+    from flax_dsconv.models.registry import _MODELS
+
+    for name, build in _MODELS.items():
+        args, kwargs, func = [], {}, build
+        while isinstance(func, functools.partial):
+            args, kwargs, func = [*func.args, *args], {**func.keywords, **kwargs}, func.func
+        assert getattr(flax_dsconv.models, func.__name__, None) is func, f"{name}: {func.__qualname__} not exported"
+        assert func.__name__ in flax_dsconv.models.__all__, func.__name__
+    for name, call in [("mixnet_m", lambda m: m.mixnet("m")), ("tinynet_a", lambda m: m.tinynet(1.0, 1.2)),
+                       ("mobilenetv4_conv_small_050", lambda m: m.mobilenet_v4_conv("small", 0.5)),
+                       ("tf_efficientnet_cc_b0_8e", lambda m: m.efficientnet_condconv(1.0, 1.0, 2, tf=True))]:
+        assert call(flax_dsconv.models).config == create_model(name).config, name
+
+
 def test_create_model_names_the_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'mobilenet_v9'.*mobilenet_v2"):
         create_model("mobilenet_v9")
