@@ -475,6 +475,14 @@ def test_anti_aliasing_refuses_bad_settings_naming_the_field():
         InvertedResidual(8, 16, aa="blur").init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
 
 
+@pytest.mark.parametrize("config", [SeparableConfig, InvertedResidualConfig, EdgeResidualConfig])
+def test_a_block_config_refuses_a_channel_attention_kind_it_cannot_build(config):
+    extra = {} if config is SeparableConfig else {"expand_channels": 16}
+    with pytest.raises(ValueError, match=rf"{config.__name__}: se_kind must be one of \['se', 'gc'\], got 'eca'"):
+        config(out_channels=8, se_channels=4, se_kind="eca", **extra)
+    assert config(out_channels=8, se_channels=4, se_kind="gc", **extra).se_kind == "gc"
+
+
 def test_an_edited_anti_aliasing_layer_is_refused_naming_the_module():
     from timm.layers.blur_pool import BlurPool2d
 

@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.conv import PointwiseConv, full_conv
-from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.global_context import SeKind, channel_attention, check_se_kind
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
 from flax_dsconv.ops.activations import Activation
@@ -40,6 +40,7 @@ class EdgeResidualConfig(BlockConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_anti_alias(self.aa, self.stride, "EdgeResidualConfig")
+        check_se_kind(self.se_kind, "EdgeResidualConfig")
 
 
 class EdgeResidual(nn.Module):

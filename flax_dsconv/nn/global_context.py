@@ -64,6 +64,12 @@ class GlobalContext(nn.Module):
         return x * activation(self.gate)(scale)
 
 
+def check_se_kind(kind: object, where: str) -> None:
+    """Refuse a channel-attention kind the blocks cannot build, naming the config (at construction, not at init)."""
+    if kind not in SE_KINDS:
+        raise ValueError(f"{where}: se_kind must be one of {list(SE_KINDS)}, got {kind!r}")
+
+
 def channel_attention(kind: SeKind, reduced_channels: int, act: str, gate: str, dtype: Any | None = None,
                       name: str = "se") -> nn.Module:  # fmt: skip
     """A block's channel attention (timm's ``se`` attribute): :class:`SqueezeExcite` or :class:`GlobalContext`."""

@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from flax_dsconv.nn.common import add_residual, where
 from flax_dsconv.nn.conv import block_depthwise, check_group_size, check_mixed_kernels, pointwise_conv
-from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.global_context import SeKind, channel_attention, check_se_kind
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.ops.activations import Activation
@@ -47,6 +47,7 @@ class InvertedResidualConfig(BlockConfig):
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "InvertedResidualConfig"))  # fmt: skip
         check_splits(self, ("expand_splits", "project_splits"))
+        check_se_kind(self.se_kind, "InvertedResidualConfig")
         check_group_size(self.group_size, self.kernel_sizes, "InvertedResidualConfig")
         check_anti_alias(self.aa, self.stride, "InvertedResidualConfig")
 

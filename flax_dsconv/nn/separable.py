@@ -19,7 +19,7 @@ from flax_dsconv.nn.conv import (
     full_conv,
     pointwise_conv,
 )
-from flax_dsconv.nn.global_context import SeKind, channel_attention
+from flax_dsconv.nn.global_context import SeKind, channel_attention, check_se_kind
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, check_splits, register_block
 from flax_dsconv.ops.activations import Activation
@@ -53,6 +53,7 @@ class SeparableConfig(BlockConfig):
         object.__setattr__(self, "kernel_sizes", check_mixed_kernels(self.kernel_size, self.kernel_sizes,
                                                                      "SeparableConfig"))  # fmt: skip
         check_splits(self, ("project_splits",))
+        check_se_kind(self.se_kind, "SeparableConfig")
         check_group_size(self.group_size, self.kernel_sizes, "SeparableConfig")
         check_space_to_depth(self.space_to_depth, self.stride, self.skip, bool(self.kernel_sizes) or
                              self.project_splits != 1, "SeparableConfig")  # fmt: skip
