@@ -35,10 +35,9 @@ def test_every_builder_create_model_calls_is_exported_and_builds_that_names_conf
     import flax_dsconv.models
     from flax_dsconv.models.registry import _MODELS
 
-    for name, build in _MODELS.items():
-        args, kwargs, func = [], {}, build
+    for name, func in _MODELS.items():
         while isinstance(func, functools.partial):
-            args, kwargs, func = [*func.args, *args], {**func.keywords, **kwargs}, func.func
+            func = func.func
         assert getattr(flax_dsconv.models, func.__name__, None) is func, f"{name}: {func.__qualname__} not exported"
         assert func.__name__ in flax_dsconv.models.__all__, func.__name__
     for name, call in [("mixnet_m", lambda m: m.mixnet("m")), ("tinynet_a", lambda m: m.tinynet(1.0, 1.2)),

@@ -310,9 +310,9 @@ def test_training_trajectory_matches_torch(name):
 
 
 # One 20-step SGD-with-momentum trajectory per block kind beyond MobileNetV1's, each on the model the zoo issue names,
-# every activation smooth (see above): MixNet-S's ReLU stages take its own SiLU. Batches of 8 at 64 px, with 'xla'
-# depthwise convs (the property is the 20 steps' accumulated agreement, which does not depend on the depthwise
-# implementation; test_layers.py and the gradient tests above hold every implementation to torch).
+# every activation smooth (see above): MixNet-S is built with SiLU in place of its ReLU. Batches of 8 at 64 px,
+# with 'xla' depthwise convs (the property is the 20 steps' accumulated agreement, which does not depend on the
+# depthwise implementation; test_layers.py and the gradient tests above hold every implementation to torch).
 TRAJECTORY_MODELS = {
     # separable and SE inverted-residual stages, SiLU, sigmoid gates
     "efficientnet_b0": lambda: timm.create_model("efficientnet_b0", num_classes=10),

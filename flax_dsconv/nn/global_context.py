@@ -65,7 +65,7 @@ class GlobalContext(nn.Module):
 
 
 def check_se_kind(kind: object, where: str) -> None:
-    """Refuse a channel-attention kind the blocks cannot build, naming the config (at construction, not at init)."""
+    """Refuse a channel-attention kind the blocks cannot build, naming ``where`` (a block config, at construction)."""
     if kind not in SE_KINDS:
         raise ValueError(f"{where}: se_kind must be one of {list(SE_KINDS)}, got {kind!r}")
 
@@ -75,6 +75,5 @@ def channel_attention(kind: SeKind, reduced_channels: int, act: str, gate: str, 
     """A block's channel attention (timm's ``se`` attribute): :class:`SqueezeExcite` or :class:`GlobalContext`."""
     if kind == "gc":
         return GlobalContext(reduced_channels, act, gate, dtype, name=name)
-    if kind == "se":
-        return SqueezeExcite(reduced_channels, act, gate, dtype, name=name)
-    raise ValueError(f"se_kind must be one of {list(SE_KINDS)}, got {kind!r}")
+    check_se_kind(kind, "channel_attention")
+    return SqueezeExcite(reduced_channels, act, gate, dtype, name=name)
