@@ -9,12 +9,12 @@ import dataclasses
 import difflib
 from typing import Any, Literal
 
-import numpy as np
 from flax import linen as nn
 
 from flax_dsconv.convert.errors import ConversionError
 from flax_dsconv.convert.plan import StateDict, Variables, dotted
 from flax_dsconv.convert.protocol import Described, register_reader
+from flax_dsconv.convert.timm_antialias import read_anti_alias, refuse_anti_alias, with_aa_stride
 from flax_dsconv.convert.timm_attention import read_layer_scale, read_mobile_attention
 from flax_dsconv.convert.timm_zoo import ZOO_MODULES, refused_reason, zoo_names
 from flax_dsconv.convert.torch_layers import CONVS, TorchReader, expect_type
@@ -32,7 +32,6 @@ from flax_dsconv.nn import (
 )
 from flax_dsconv.nn.global_context import GC_EPSILON
 from flax_dsconv.ops.activations import Activation
-from flax_dsconv.ops.antialias import BLUR_SIZE, AntiAlias, binomial_filter
 
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
@@ -125,59 +124,13 @@ def _grouped_depthwise(r: TorchReader, conv: Any, where: str) -> dict[str, Any]:
     return {**read, "ks": (), "splits": 1, "gs": conv.in_channels // conv.groups}
 
 
-def _anti_alias(r: TorchReader, aa: Any, where: str) -> tuple[AntiAlias, int]:
-    """timm's anti-aliasing layer (a block's or a ConvNormAct's ``aa``) and the stride it downsamples by: none
-    (absent or ``Identity``; stride 1), ``AvgPool2d(s)`` (``'avg'``: window s, stride s, no padding, floor) or
-    ``BlurPool2d`` with zero padding and the 3x3 binomial filter (``'blur'``, timm's ``'blurpc'``)."""
-    kind = type(aa).__name__
-    if kind in ("NoneType", "Identity"):
-        r.identity(aa, where)
-        return "none", 1
-    if kind == "AvgPool2d":
-        stride = aa.stride if isinstance(aa.stride, int) else aa.stride[0]
-        settings = (aa.kernel_size, aa.stride, aa.padding, aa.ceil_mode, aa.divisor_override)
-        if settings not in ((stride, stride, 0, False, None), ((stride,) * 2, (stride,) * 2, 0, False, None)):
-            raise ConversionError(f"{where}: {aa} (ceil_mode={aa.ceil_mode}, divisor_override={aa.divisor_override}); "
-                                  "expected AvgPool2d(s) with stride s, no padding, ceil_mode=False (timm's 'avg' "
-                                  "anti-aliasing)")  # fmt: skip
-        r.claim(aa, where)
-        return "avg", stride
-    expect_type(aa, where, ("AvgPool2d", "BlurPool2d"), "anti-aliasing")
-    pad = ((aa.stride - 1) + (BLUR_SIZE - 1)) // 2
-    if (aa.filt_size, aa.pad_mode, list(aa.padding)) != (BLUR_SIZE, "constant", [pad] * 4):
-        raise ConversionError(f"{where}: BlurPool2d(filt_size={aa.filt_size}, pad_mode={aa.pad_mode!r}, padding="
-                              f"{aa.padding}); expected filt_size={BLUR_SIZE}, pad_mode='constant', padding "
-                              f"{[pad] * 4} (timm's 'blurpc')")  # fmt: skip
-    if not aa.filt.is_meta and not np.allclose(aa.filt.double().numpy(), binomial_filter(BLUR_SIZE), rtol=0,
-                                                atol=1e-7):  # fmt: skip
-        raise ConversionError(f"{where}: BlurPool2d's filter is not the {BLUR_SIZE}x{BLUR_SIZE} binomial one")
-    r.claim(aa, where)
-    return "blur", aa.stride
-
-
-def _strided(conv: dict[str, Any], aa: tuple[AntiAlias, int], where: str) -> dict[str, Any]:
-    """A conv's settings with the block's stride: its own, or with anti-aliasing the pool's (the conv then at 1)."""
-    kind, stride = aa
-    if kind == "none":
-        return {**conv, "aa": kind}
-    if conv["s"] != 1:
-        raise ConversionError(f"{where}: stride {conv['s']} before {kind} anti-aliasing; expected 1 (the pool "
-                              "downsamples)")  # fmt: skip
-    return {**conv, "s": stride, "aa": kind}
-
-
-def _no_anti_alias(aa: tuple[AntiAlias, int], where: str, block: str) -> None:
-    if aa[0] != "none":
-        raise ConversionError(f"{where}.aa: anti-aliased downsampling ({aa[0]}) in a {block} is not supported")
-
-
 def _conv_norm(r: TorchReader, cna: Any, where: str, **conv: Any) -> tuple[dict[str, Any], Activation]:
     """timm's ``ConvNormAct`` (``conv``, ``bn`` with its activation inside, anti-aliasing ``aa`` when strided
     in the _aa models): the conv's settings (``conv``: :meth:`TorchReader.conv`'s checks; ``s`` the stride of conv
     and pool together, ``aa`` the pool's kind) and the activation."""
     expect_type(cna, where, ("ConvNormAct",), "a conv + norm (ConvNormAct)")
-    aa = _anti_alias(r, getattr(cna, "aa", None), f"{where}.aa")
-    settings = _strided(r.conv(cna.conv, f"{where}.conv", **conv), aa, f"{where}.conv")
+    aa = read_anti_alias(r, getattr(cna, "aa", None), f"{where}.aa")
+    settings = with_aa_stride(r.conv(cna.conv, f"{where}.conv", **conv), aa, f"{where}.conv")
     return settings, r.bn(cna.bn, f"{where}.bn")
 
 
@@ -269,7 +222,7 @@ def _cond_conv_residual(r: TorchReader, blk: Any, where: str) -> CondConvResidua
 
 def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     name = type(blk).__name__
-    aa = _anti_alias(r, getattr(blk, "aa", None), f"{where}.aa")  # the universal IR's sit in its ConvNormActs
+    aa = read_anti_alias(r, getattr(blk, "aa", None), f"{where}.aa")  # the universal IR's sit in its ConvNormActs
     s2d = getattr(blk, "conv_s2d", None)
     if s2d is not None and name != "DepthwiseSeparableConv":
         raise ConversionError(f"{where}.conv_s2d: space-to-depth ({type(s2d).__name__} 2x2, stride 2) in a {name} "
@@ -277,7 +230,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     if s2d is None:
         r.identity(getattr(blk, "bn_s2d", None), f"{where}.bn_s2d")
     if name == "DepthwiseSeparableConv":
-        _no_anti_alias(aa, where, name)  # timm would size its BlurPool2d by the output channels, not conv_dw's
+        refuse_anti_alias(aa, where, name)  # timm would size its BlurPool2d by the output channels, not conv_dw's
         s2d_act = None
         if s2d is not None:  # EfficientNet-X/H: its convs pad TF 'SAME' whatever the model's padding rule
             conv = r.conv(s2d, f"{where}.conv_s2d", kernel=2, stride=2, same=True)
@@ -302,7 +255,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     if name == "InvertedResidual":
         pw = _conv(r, blk.conv_pw, f"{where}.conv_pw", pointwise=True)
         act = r.bn(blk.bn1, f"{where}.bn1")
-        dw = _strided(_conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True), aa, f"{where}.conv_dw")
+        dw = with_aa_stride(_conv(r, blk.conv_dw, f"{where}.conv_dw", depthwise=True), aa, f"{where}.conv_dw")
         dw_act = r.bn(blk.bn2, f"{where}.bn2")
         se = _se(r, blk, where)
         pwl = _conv(r, blk.conv_pwl, f"{where}.conv_pwl", pointwise=True)
@@ -319,7 +272,7 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
     if name == "EdgeResidual":
         # timm's force_in_chs (EdgeTPU's first block) changes only the expansion width and noskip only has_skip,
         # both read off the module. A pw_kernel_size other than 1 (no timm model has one) fails the 1x1 check.
-        exp = _strided(r.conv(blk.conv_exp, f"{where}.conv_exp", grouped=True), aa, f"{where}.conv_exp")
+        exp = with_aa_stride(r.conv(blk.conv_exp, f"{where}.conv_exp", grouped=True), aa, f"{where}.conv_exp")
         act = r.bn(blk.bn1, f"{where}.bn1")
         se = _se(r, blk, where)
         pwl = r.conv(blk.conv_pwl, f"{where}.conv_pwl", kernel=1, stride=1)
@@ -336,10 +289,10 @@ def _block(r: TorchReader, blk: Any, where: str) -> BlockConfig:
         return read_mobile_attention(r, blk, where)
     if name == "CondConvResidual":
         # timm builds a strided one's depthwise conv at stride 1 under an aa_layer, and never applies the pool
-        _no_anti_alias(aa, where, name)
+        refuse_anti_alias(aa, where, name)
         return _cond_conv_residual(r, blk, where)
     if name == "ConvBnAct":
-        _no_anti_alias(aa, where, name)
+        refuse_anti_alias(aa, where, name)
         conv = r.conv(blk.conv, f"{where}.conv")
         return ConvBNActConfig(out_channels=conv["out"], kernel_size=conv["k"], stride=conv["s"], dilation=conv["d"],
                                act=r.bn(blk.bn1, f"{where}.bn1"), skip=blk.has_skip)  # fmt: skip
