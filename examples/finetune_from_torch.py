@@ -3,8 +3,10 @@
     python examples/finetune_from_torch.py                 # ~50 s on 2 busy CPU cores, ~67% test accuracy
     python examples/finetune_from_torch.py --steps 50 --size 32
 
-torchvision model → ``flax_dsconv.from_torch`` → train only the head (``conv_head`` + ``classifier``, which
-are torchvision's ``classifier.0`` and ``classifier.3``) with optax on scikit-learn's digits, backbone frozen
+torchvision's 1000-class model → ``flax_dsconv.from_torch(..., num_classes=10)`` (every backbone variable as
+converted, a new 10-way classifier initialised as timm's ``reset_classifier`` does) → train only the head
+(``conv_head`` + ``classifier``, which are torchvision's ``classifier.0`` and ``classifier.3``) with optax on
+scikit-learn's digits, backbone frozen
 (BatchNorm in eval mode, backbone updates zeroed) → ``flax_dsconv.to_torch_state_dict`` →
 ``load_state_dict(strict=True)`` into a fresh torchvision model. Prints the head-training loss, the test
 accuracy in JAX and in torch, and the max |logit difference| between them.
@@ -92,9 +94,9 @@ def finetune(
     x_train, x_test = np.repeat(x_train, 3, axis=-1), np.repeat(x_test, 3, axis=-1)
 
     torch.manual_seed(seed)
-    torch_model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
+    torch_model = torchvision.models.mobilenet_v3_small(weights=None)  # ImageNet's 1000 classes, as downloaded
     calibrate_batchnorm(torch_model, torch.from_numpy(x_train.transpose(0, 3, 1, 2)))
-    module, initial = from_torch(torch_model)
+    module, initial = from_torch(torch_model, num_classes=10, head_key=jax.random.key(seed))  # the head swap
 
     tx = optax.multi_transform(
         {"head": optax.adam(learning_rate), "backbone": optax.set_to_zero()}, head_labels(initial["params"])

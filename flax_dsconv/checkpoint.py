@@ -79,7 +79,8 @@ def _check_fits(module: nn.Module, variables: Any, where: str) -> None:
 
 def _describe(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, MobileNet):
-        return {"module": "MobileNet", "config": module.config.to_dict(), **_run_fields(module)}
+        features = {"features_only": True, "out_indices": list(module.out_indices)} if module.features_only else {}
+        return {"module": "MobileNet", "config": module.config.to_dict(), **_run_fields(module), **features}
     if isinstance(module, DepthwiseSeparableConv):
         fields = {name: getattr(module, name) for name in _config_fields("DepthwiseSeparableConv")}
         fields["norm"] = norm_to_dict(module.norm)
@@ -112,7 +113,15 @@ def _json_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(
-    directory: str | os.PathLike, module: nn.Module, variables: Any, *, opt_state: Any = None, **metadata: Any
+    directory: str | os.PathLike,
+    module: nn.Module,
+    variables: Any,
+    *,
+    opt_state: Any = None,
+    format: str = "flax",
+    arch: str | None = None,
+    pretrained_cfg: dict[str, Any] | None = None,
+    **metadata: Any,
 ) -> Path:
     """Write ``module``'s config and ``variables`` (``params`` and ``batch_stats``, both as ``module`` makes
     them; anything else in ``variables`` is left out) to ``directory``; ``opt_state`` (an optax state), if
@@ -125,9 +134,27 @@ def save(
     The save replaces ``directory`` as a whole, or, if anything fails, leaves it as it was: nothing is written
     before every argument has been checked and serialised. An existing ``directory`` must hold nothing but a
     previous save's files (it is replaced, not merged into).
+
+    ``format='hub'`` writes timm's Hugging Face hub layout instead (``config.json`` + ``model.safetensors``,
+    :func:`flax_dsconv.hub.hub_files`), which ``timm.create_model("local-dir:DIR", pretrained=True)`` and
+    :func:`flax_dsconv.from_pretrained` load: ``arch`` is the timm name (found from the network when not given),
+    ``pretrained_cfg`` overrides the preprocessing fields (``mean``, ``std``, ``input_size``, ``crop_pct``...);
+    no ``opt_state`` or metadata.
     """
+    if format == "hub":
+        from flax_dsconv.hub import HUB_FILES, TORCH_BIN, hub_files
+
+        if opt_state is not None or metadata:
+            raise ValueError(f"save(format='hub'): timm's layout has no place for opt_state or metadata "
+                             f"{sorted(metadata)}; save them with format='flax'")  # fmt: skip
+        _replace_directory(Path(directory), hub_files(module, variables, arch, pretrained_cfg), (*HUB_FILES, TORCH_BIN))
+        return Path(directory)
+    if format != "flax":
+        raise ValueError(f"save: unknown format {format!r}; expected 'flax' (this library's) or 'hub' (timm's)")
+    # In this library's format both are metadata: what the weights were converted from, how they were trained.
+    metadata.update({k: v for k, v in (("arch", arch), ("pretrained_cfg", pretrained_cfg)) if v is not None})
     info = {"format_version": FORMAT_VERSION, **_describe(module)}
-    clash = sorted((info.keys() | {_CHECKSUMS}) & metadata.keys())
+    clash = sorted((info.keys() | {_CHECKSUMS, "features_only", "out_indices"}) & metadata.keys())
     if clash:
         raise ValueError(f"metadata keys {clash} would overwrite the saved module description; rename them")
     state = {k: jax.tree.map(np.asarray, variables[k]) for k in ("params", "batch_stats") if k in variables}
@@ -142,14 +169,17 @@ def save(
     return Path(directory)
 
 
-def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
-    """Make ``directory`` hold exactly ``files`` (name to bytes), all or nothing."""
+def _replace_directory(
+    directory: Path, files: dict[str, bytes], owned: tuple[str, ...] = (_CONFIG, _VARIABLES, _OPT_STATE)
+) -> None:
+    """Make ``directory`` hold exactly ``files`` (name to bytes), all or nothing; an existing ``directory`` may
+    hold only ``owned`` names (a previous save's)."""
     target = Path(os.path.realpath(directory))  # through a symlink: the link stays, its target is replaced
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{directory} is a file; save writes a directory ({_CONFIG}, {_VARIABLES}): pass "
                               "a directory path")  # fmt: skip
     if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in (_CONFIG, _VARIABLES, _OPT_STATE))
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in owned)
         if foreign:
             raise FileExistsError(f"{directory} holds {listed(foreign)}, which are not part of a save; save replaces "
                                   "the whole directory: pass a new or empty one, or one written by save")  # fmt: skip
@@ -258,7 +288,10 @@ def _build_module(info: dict[str, Any], path: Path) -> nn.Module:
         raise ValueError(f"{path}: the config of a {name} has no {missing}")
     try:
         if name == "MobileNet":
-            return MobileNet(MobileNetConfig.from_dict(config), **run)
+            features: dict[str, Any] = {}
+            if info.get("features_only"):
+                features = {"features_only": True, "out_indices": tuple(info["out_indices"])}
+            return MobileNet(MobileNetConfig.from_dict(config), **run, **features)
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}  # JSON lists
         values["norm"] = norm_from_dict(config.get("norm", {}))
         return DepthwiseSeparableConv(**values, **run)

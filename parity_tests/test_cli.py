@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import random_variables, randomize_batchnorm, to_nhwc
+from conftest import random_timm, random_variables, randomize_batchnorm, to_nhwc
 
 import flax_dsconv
 from flax_dsconv.tools import bench, cli, parity
@@ -333,3 +333,39 @@ def test_bench_takes_any_create_model_name_against_its_timm_twin(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--models", "efficientnet_b9"])
     assert "close names: efficientnet_b8" in capsys.readouterr().err
+
+
+def test_convert_and_predict_take_a_hub_directory_without_arch(tmp_path, capsys):
+    """A directory timm's save_for_hf wrote: convert needs no --arch; predict prints timm's top-5 for each image."""
+    import timm
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    from timm.models import _hub
+
+    model = randomize_batchnorm(random_timm("mobilenetv3_small_050", num_classes=20).eval(), (2, 3, 64, 64))
+    _hub.save_for_hf(model, tmp_path / "hub", safe_serialization=True)
+    assert cli.main(["convert", str(tmp_path / "hub"), "--out", str(tmp_path / "flax")]) == 0
+    module, _ = flax_dsconv.load(tmp_path / "flax")
+    assert module == flax_dsconv.from_torch(model)[0]
+    saved = json.loads((tmp_path / "flax" / "config.json").read_text())
+    assert saved["arch"] == "mobilenetv3_small_050" and saved["pretrained_cfg"]["crop_pct"] == 0.875
+    paths = []
+    for i, array in enumerate(load_sample_images().images):
+        paths.append(str(tmp_path / f"photo{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with torch.no_grad():
+        logits = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])).numpy()
+    assert all(np.diff(np.sort(row)[::-1][:6]).max() < -1e-3 for row in logits)  # no near-tie among the top 6
+    capsys.readouterr()
+    for source in (str(tmp_path / "hub"), str(tmp_path / "flax")):
+        assert cli.main(["predict", *paths, "--model", source]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == len(paths)
+        for line, path, row in zip(lines, paths, logits, strict=True):
+            assert line.startswith(f"{path}: ")
+            assert [int(t.split(" ")[0]) for t in line.split(": ")[1].split(", ")] == np.argsort(-row)[:5].tolist()
+    assert cli.main(["convert", str(tmp_path / "hub"), "--arch", "x", "--out", str(tmp_path / "y")]) == 2
+    assert "drop --arch, --source and --config" in capsys.readouterr().err
+    assert cli.main(["convert", str(tmp_path / "photo0.png"), "--out", str(tmp_path / "y")]) == 2
+    assert "name what it holds with --arch and --source" in capsys.readouterr().err

@@ -46,6 +46,9 @@ def _computation(module: nn.Module) -> dict[str, Any]:
         fields["number of blocks"] = len(c.blocks)
         fields.update({f"block {i}": dataclasses.replace(b, drop_path=0.0) for i, b in enumerate(c.blocks)})
         fields.update(_norm_fields(c.norm))
+        fields["features_only"] = module.features_only
+        if module.features_only:
+            fields["out_indices"] = module.out_indices
         return fields
     if isinstance(module, DepthwiseSeparableConv):
         skip = ("parent", "name", "norm", "axis_name", "dtype", "depthwise")

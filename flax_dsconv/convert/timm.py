@@ -19,6 +19,7 @@ from flax_dsconv.convert.timm_attention import read_layer_scale, read_mobile_att
 from flax_dsconv.convert.timm_zoo import ZOO_MODULES, refused_reason, zoo_names
 from flax_dsconv.convert.torch_layers import CONVS, TorchReader, expect_type
 from flax_dsconv.models import MobileNet, MobileNetConfig
+from flax_dsconv.models.features import feature_levels
 from flax_dsconv.nn import (
     BlockConfig,
     CondConvResidualConfig,
@@ -36,7 +37,8 @@ from flax_dsconv.ops.activations import Activation
 # The timm.create_model arguments that shape a MobileNet (its head, input, normalisation, dropout); others
 # (pretrained, checkpoint_path, pretrained_cfg...) would load or fetch weights and are refused.
 SHAPING_ARGUMENTS = frozenset(
-    {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool", "bn_eps", "bn_momentum"}
+    {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool", "bn_eps", "bn_momentum", "features_only",
+     "out_indices"}
 )
 
 
@@ -306,15 +308,29 @@ def _drop_path(r: TorchReader, blk: Any, where: str, config: BlockConfig) -> Blo
     return dataclasses.replace(config, drop_path=rate) if rate else config
 
 
+FEATURE_CLASSES = ("EfficientNetFeatures", "MobileNetV3Features")  # timm's features_only=True models
+
+
 def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     r = TorchReader()
     kind = type(model).__name__
-    if kind not in ("EfficientNet", "MobileNetV3"):
-        raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3/V4")
+    if kind not in ("EfficientNet", "MobileNetV3", *FEATURE_CLASSES):
+        raise ConversionError(f"unsupported timm model class {kind}; expected timm MobileNet V1/V2/V3/V4 (or its "
+                              "features_only model)")  # fmt: skip
     stem = r.conv(model.conv_stem, "conv_stem")
     stem_act = r.bn(model.bn1, "bn1")
+    if kind == "MobileNetV3Features":  # a plain norm, then act1 (the classifier model's bn1 holds its activation)
+        if stem_act != "identity":
+            raise ConversionError(f"bn1: activation {stem_act} before act1; expected a plain norm, then act1")
+        stem_act = r.act(model.act1, "act1")
     stages = tuple(tuple(_drop_path(r, blk, f"blocks.{s}.{i}", _block(r, blk, f"blocks.{s}.{i}"))
                          for i, blk in enumerate(stage)) for s, stage in enumerate(model.blocks))  # fmt: skip
+    if kind in FEATURE_CLASSES:
+        config = MobileNetConfig(stages=stages, stem_channels=stem["out"], stem_kernel=stem["k"],
+                                 stem_stride=stem["s"], stem_act=stem_act, num_classes=0,
+                                 dropout=float(model.drop_rate), in_channels=model.conv_stem.in_channels,
+                                 padding=r.padding(), norm=r.norm())  # fmt: skip
+        return config, r.claimed
 
     head: Literal["none", "pre_pool", "post_pool"] = "none"
     head_act: Activation = "relu"
@@ -370,13 +386,29 @@ def _config(model: Any) -> tuple[MobileNetConfig, dict[int, str]]:
     return config, r.claimed
 
 
+def _features_module(model: Any, config: MobileNetConfig) -> MobileNet:
+    """The Flax backbone of a timm ``features_only`` model: its levels are timm's, read back and compared."""
+    if getattr(model, "feature_hooks", None) is not None:
+        raise ConversionError(f"{type(model).__name__} with feature_location other than 'bottleneck' (features "
+                              "hooked inside blocks); expected the stage outputs timm returns by default")  # fmt: skip
+    theirs = [{k: level[k] for k in ("module", "num_chs", "reduction")} for level in model.feature_info.info]
+    ours = [{k: level[k] for k in ("module", "num_chs", "reduction")} for level in feature_levels(config)]
+    if ours != theirs:  # e.g. output_stride < 32 (dilated stages), whose levels this library does not build
+        raise ConversionError(f"{type(model).__name__}: feature levels {theirs}; this library builds {ours} for its "
+                              "blocks (dilated stages from output_stride < 32 are not supported)")  # fmt: skip
+    return MobileNet(config, features_only=True, out_indices=tuple(model.feature_info.out_indices))
+
+
 class TimmReader:
     source = "timm"
 
     def describe(self, model: Any) -> Described:
         config, claimed = _config(model)
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        return Described(arch, self.source, MobileNet(config), config.in_channels, dotted, claimed)
+        module = MobileNet(config)
+        if type(model).__name__ in FEATURE_CLASSES:
+            module = _features_module(model, config)
+        return Described(arch, self.source, module, config.in_channels, dotted, claimed)
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:
         import timm
@@ -405,6 +437,9 @@ class TimmReader:
         if arch is None:
             raise ConversionError("a timm export needs arch= (the timm model name, e.g. 'mobilenetv3_large_100') "
                                   "or model= (the timm model to load into)")  # fmt: skip
+        if isinstance(module, MobileNet) and module.features_only:
+            features = {"features_only": True, "out_indices": module.out_indices}
+            return arch, {**features, "in_chans": module.config.in_channels}
         return arch, {"num_classes": module.config.num_classes, "in_chans": module.config.in_channels}
 
 

@@ -98,6 +98,19 @@ class MobileNetConfig:
             stages.append(tuple(blocks))
         return dataclasses.replace(self, stages=tuple(stages))
 
+    def without_head(self) -> MobileNetConfig:
+        """This config without head conv and classifier: the trunk a ``features_only`` model runs."""
+        return dataclasses.replace(self, head="none", head_channels=0, head_act="relu", head_bias=False,
+                                   head_norm=False, num_classes=0)  # fmt: skip
+
+    @property
+    def num_features(self) -> int:
+        """The width of the pooled features the classifier takes (timm's ``num_features``)."""
+        if self.head != "none":
+            return self.head_channels
+        blocks = self.blocks
+        return blocks[-1].out_channels if blocks else self.stem_channels
+
     @property
     def blocks(self) -> tuple[BlockConfig, ...]:
         """Every block, stage after stage."""

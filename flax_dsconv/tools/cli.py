@@ -1,4 +1,4 @@
-"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert``, ``train`` and ``bench``."""
+"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert``, ``predict``, ``train`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ast
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -108,8 +109,13 @@ def _literal(value: str) -> Any:
         return value
 
 
+def _is_hub(src: str) -> bool:
+    """A hub-layout checkpoint (a directory, ``local-dir:DIR``, ``hf-hub:org/name``) rather than a file."""
+    return src.startswith(("hf-hub:", "local-dir:")) or os.path.isdir(src)
+
+
 def _convert(args: argparse.Namespace) -> int:
-    from flax_dsconv import from_torch, save
+    from flax_dsconv import from_pretrained, from_torch, pretrained_cfg, save
 
     config = {}
     for item in args.config:
@@ -117,10 +123,52 @@ def _convert(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--config takes KEY=VALUE, got {item!r}")
         config[key] = _literal(value)
+    module: Any  # a MobileNet from a hub directory; whatever network the torch source was
+    if _is_hub(args.src):
+        if args.arch or args.source or config:
+            raise ValueError(f"{args.src} is a hub-layout checkpoint: its config.json names the architecture; drop "
+                             "--arch, --source and --config")  # fmt: skip
+        module, variables = from_pretrained(args.src)
+        cfg = pretrained_cfg(args.src)
+        out = save(args.out, module, variables, arch=cfg["architecture"], source="timm", pretrained_cfg=cfg)
+        print(f"wrote {out}/config.json and {out}/variables.msgpack (timm {cfg['architecture']}, from {args.src})")
+        return 0
+    if not (args.arch and args.source):
+        raise ValueError(f"{args.src} is a checkpoint file: name what it holds with --arch and --source (a hub-layout "
+                         "directory needs neither)")  # fmt: skip
     module, variables = from_torch(args.src, arch=args.arch, source=args.source, **config)
     # --out a file or a directory of other files, a full disk: save refuses, and nothing is written
     out = save(args.out, module, variables, arch=args.arch, source=args.source, torch_config=config)
     print(f"wrote {out}/config.json and {out}/variables.msgpack ({args.source} {args.arch})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+    from PIL import Image
+
+    from flax_dsconv import data, from_pretrained, load, pretrained_cfg
+
+    module: Any
+    if _is_hub(args.model) and not os.path.isfile(os.path.join(args.model, "variables.msgpack")):
+        module, variables = from_pretrained(args.model)
+        cfg = pretrained_cfg(args.model)
+    else:  # a directory written by flax-dsconv convert / flax_dsconv.save
+        module, variables = load(args.model)
+        with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f).get("pretrained_cfg") or {}
+    if getattr(module, "features_only", True) or not module.config.num_classes:
+        raise ValueError(f"{args.model}: a model without classifier has no classes to predict")
+    transform = data.eval_transform(cfg)
+    images = []
+    for path in args.images:
+        with Image.open(path) as image:
+            images.append(transform(image.convert("RGB")))
+    probs = np.asarray(jax.nn.softmax(jax.jit(module.apply)(variables, np.stack(images)), axis=-1))
+    for path, p in zip(args.images, probs, strict=True):
+        top = np.argsort(-p, kind="stable")[: args.top]
+        print(f"{path}: " + ", ".join(f"{int(i)} ({p[i]:.4f})" for i in top))
     return 0
 
 
@@ -197,17 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--full-conv", action="store_true", help="MobileNetV1 with full 3x3 convs (paper, Table 4)")
     s.set_defaults(func=_summary)
 
-    c = add_parser("convert", help="convert a .pth/.safetensors checkpoint into a Flax directory")
-    c.add_argument("src", help="checkpoint file (.pth, .pt, .bin, .safetensors)")
-    c.add_argument(
-        "--arch", required=True, help="dsconv | mobilenet_v1 (torch_ref), a timm name, or a torchvision builder"
-    )
-    c.add_argument("--source", required=True, choices=["torch_ref", "timm", "torchvision"])
+    c = add_parser("convert", help="convert a .pth/.safetensors checkpoint or a hub-layout directory into a Flax "
+                                   "directory")  # fmt: skip
+    c.add_argument("src", help="checkpoint file (.pth, .pt, .bin, .safetensors; needs --arch and --source), or a "
+                              "hub-layout directory (config.json + weights), local-dir:DIR or hf-hub:org/name")
+    c.add_argument("--arch", help="dsconv | mobilenet_v1 (torch_ref), a timm name, or a torchvision builder")
+    c.add_argument("--source", choices=["torch_ref", "timm", "torchvision"])
     c.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="torch constructor args, e.g. width_mult=0.75"
     )
     c.add_argument("--out", required=True, help="output directory; read it back with flax_dsconv.load(DIR)")
     c.set_defaults(func=_convert)
+
+    pr = add_parser("predict", help="top classes of images, preprocessed as the checkpoint's pretrained_cfg says")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    pr.add_argument("--model", required=True, help="a hub-layout directory (local-dir:, hf-hub:) or a convert output")
+    pr.add_argument("--top", type=_positive, default=5, help="how many classes per image (default 5)")
+    pr.set_defaults(func=_predict)
 
     t = add_parser("train", help="train a MobileNet on scikit-learn's digits (resumes from --out)")
     t.add_argument("--out", default="runs/digits", help="checkpoints, history.json and curves.png go here")
