@@ -95,9 +95,9 @@ def random_variables(module, x, seed: int = 0, fan: str = "in") -> dict:
 
     ``fan='out'`` scales kernels as the library's ``conv_kernel_init`` does (He-normal over fan-out).
 
-    For tests that need *some* Flax-built variables, not Flax's initializers: tracing shapes with
-    ``eval_shape`` takes a fraction of a second, where ``module.init`` compiles every initializer (tens of
-    seconds for a whole MobileNet on a 2-core CPU).
+    For tests that need *some* Flax-built variables drawn from a numpy seed, independent of the library's
+    initializers (tracing shapes with ``eval_shape`` takes a fraction of a second; Flax's eager ``init`` of a
+    layer or block compiles each of its operations, where a MobileNet's own ``init`` does not).
     """
     shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
     rng = np.random.default_rng(seed)

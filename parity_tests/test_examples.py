@@ -60,7 +60,7 @@ def test_nnx_bridge_step_equals_linen_step():
     module = MobileNet(dataclasses.replace(full.config, stages=full.config.stages[:2]))
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     labels = np.arange(8) % 10
-    variables = random_variables(module, images[:1])  # module.init would compile every initializer
+    variables = random_variables(module, images[:1])  # a numpy-seeded draw
     tx = optim.sgd(0.1, momentum=0.9)
 
     state, metrics = jax.jit(train_step)(create_train_state(module, variables, tx), images, labels, jax.random.key(2))

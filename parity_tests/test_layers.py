@@ -77,8 +77,8 @@ def test_shifted_depthwise_equals_xla_reference_forward_and_both_gradients(
                                       implementation=implementation)
         for implementation in ("xla", "shifted")
     }  # fmt: skip
-    # One set of variables for both (same parameters by design), drawn in numpy: layer.init would compile
-    # the random initializers, most of this test's time.
+    # One set of variables for both (same parameters by design), drawn in numpy: a layer's eager init would
+    # compile its forward pass op by op, most of this test's time.
     shapes = jax.eval_shape(layers["xla"].init, jax.random.key(1), x)
     variables = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)), shapes)
     y_shape = jax.eval_shape(layers["xla"].apply, variables, x).shape
@@ -525,3 +525,118 @@ def test_an_activation_has_jax_nns_values_and_gradients_at_its_kinks(name, refer
     ours, theirs = activation(name), getattr(jax.nn, reference)
     np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(theirs(x)))
     np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(ours))(x)), np.asarray(jax.vmap(jax.grad(theirs))(x)))
+
+
+# --- initialisation: flax_dsconv.nn.initializers and MobileNet.init -----------------------------------------------
+
+INIT_SHAPES = [(3, 3, 1, 32), (1, 1, 320, 1280), (1280, 1000), (4, 3, 3, 8, 16), (7,)]
+
+
+@pytest.mark.parametrize("shape", INIT_SHAPES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_initializers_give_the_same_values_eagerly_and_under_jit(shape, dtype):
+    from flax_dsconv.nn import initializers as init
+
+    key = jax.random.key(3)
+    fns = [init.normal(0.01), init.zeros, init.ones, init.constant(1e-5)]
+    if len(shape) > 1:  # variance scaling needs an in and an out axis
+        fns += [init.he_normal_fan_out(batch_axis=(0,) if len(shape) == 5 else ()), init.lecun_normal()]
+    for fn in fns:
+        eager = fn(key, shape, dtype)
+        traced = jax.jit(lambda k, fn=fn: fn(k, shape, dtype))(key)
+        assert eager.shape == traced.shape == shape and eager.dtype == traced.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(eager, np.float32), np.asarray(traced, np.float32))
+    other = init.normal(1.0)(jax.random.key(4), shape)
+    assert not np.array_equal(init.normal(1.0)(key, shape), other)  # the key matters
+    np.testing.assert_array_equal(init.normal(1.0)(key, shape), init.normal(1.0)(key, shape))
+
+
+def test_initializers_draw_the_distributions_of_jax_initializers():
+    from flax_dsconv.nn import initializers as init
+
+    key = jax.random.key(0)
+    kernel = np.asarray(init.he_normal_fan_out()(key, (3, 3, 64, 256)))  # fan-out 3*3*256
+    assert abs(kernel.std() / np.sqrt(2 / (9 * 256)) - 1) < 0.02 and abs(kernel.mean()) < 1e-3
+    experts = np.asarray(init.he_normal_fan_out(batch_axis=(0,))(key, (4, 5, 5, 1, 480)))  # fan-out 5*5*480
+    assert abs(experts.std() / np.sqrt(2 / (25 * 480)) - 1) < 0.02
+    dense = np.asarray(init.lecun_normal()(key, (512, 256)))
+    assert abs(dense.std() / np.sqrt(1 / 512) - 1) < 0.03 and np.abs(dense).max() <= 2 * np.sqrt(1 / 512) / 0.8796
+    classifier = np.asarray(init.normal(0.01)(key, (1280, 1000)))
+    assert abs(classifier.std() / 0.01 - 1) < 0.01
+    # Blocks are independent draws: consecutive blocks of a tensor are uncorrelated, not repeats.
+    flat = classifier.reshape(-1)[: 2 * init.BLOCK].reshape(2, init.BLOCK)
+    assert abs(np.corrcoef(flat)[0, 1]) < 0.05
+    with pytest.raises(ValueError, match="mode must be"):
+        init.variance_scaling(2.0, "fan_sideways", "normal")
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        init.variance_scaling(2.0, "fan_out", "uniform")
+
+
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv4_hybrid_medium"])
+def test_model_init_is_flaxs_init_without_its_eager_forward_pass(name):
+    from flax_dsconv import create_model
+
+    model = create_model(name, num_classes=10)
+    x = jnp.ones((2, 64, 64, 3))
+    fast = model.init(jax.random.key(1), x)
+    flax_init = nn.Module.init(model, jax.random.key(1), x)  # the forward pass op by op, seconds
+    chex.assert_trees_all_equal(fast, flax_init)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast, jax.eval_shape(model.init, jax.random.key(1), x))
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(fast))
+    params = fast["params"]
+    assert not np.allclose(params["classifier"]["kernel"], 0) and np.all(params["classifier"]["bias"] == 0)
+    stats = jax.tree_util.tree_leaves_with_path(fast["batch_stats"])
+    assert all(np.all(v == (1 if path[-1].key == "var" else 0)) for path, v in stats)
+
+
+# Every family's modules (and the norm-layer variants) on the fast path: its cost is the shared samplers, compiled
+# once per process, not a compilation per layer (which is where Flax's eager init spends its seconds).
+INIT_FAMILIES = ["mobilenetv3_small_050", "mobilenetv4_conv_small_035", "efficientnet_b0", "tf_efficientnetv2_b0",
+                 "mixnet_s", "efficientnet_cc_b0_4e", "efficientnet_b0_g8_gn", "lcnet_050", "efficientnet_x_b3",
+                 "efficientnet_blur_b0", "mobilenetv4_hybrid_medium", "test_efficientnet_evos", "test_efficientnet_ln",
+                 "gc_efficientnetv2_rw_t"]  # fmt: skip
+
+
+def test_model_init_compiles_nothing_per_layer_for_any_family():
+    from flax_dsconv import create_model
+
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    create_model("mobilenetv1_100").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))  # the shared samplers
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        counts = {}
+        for name in INIT_FAMILIES:
+            compiles.clear()
+            variables = create_model(name).init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+            assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(variables))
+            counts[name] = len(compiles)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    # Flax's own init compiles a few hundred executables per model.
+    assert all(n <= 2 for n in counts.values()), sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def test_model_init_under_jit_and_with_flax_options_gives_flaxs_variables():
+    from flax_dsconv import create_model
+
+    x = jnp.ones((2, 32, 32, 3))
+    plain = create_model("mobilenetv1_100", num_classes=10)  # few parameters: jit(init) compiles one draw for each
+    chex.assert_trees_all_equal(jax.jit(plain.init)(jax.random.key(2), x), plain.init(jax.random.key(2), x))
+    model = create_model("mobilenetv3_small_050", num_classes=10)
+    fast = model.init(jax.random.key(2), x)
+    # Train-mode init, another method, keyword input: the same variables; a different key: different ones.
+    chex.assert_trees_all_equal(model.init(jax.random.key(2), x, train=True), fast)
+    chex.assert_trees_all_equal(model.init({"params": jax.random.key(2)}, x=x), fast)
+    chex.assert_trees_all_equal(plain.init(jax.random.key(2), x, method="forward_features"),
+                                nn.Module.init(plain, jax.random.key(2), x, method="forward_features"))  # fmt: skip
+    assert not np.array_equal(model.init(jax.random.key(3), x)["params"]["conv_stem"]["kernel"],
+                              fast["params"]["conv_stem"]["kernel"])  # fmt: skip
+    # Variables that depend on the input (sown intermediates) come from Flax's own init, concrete.
+    sown = plain.init(jax.random.key(2), x, mutable=True)
+    assert "intermediates" in sown and all(isinstance(v, jax.Array) for v in jax.tree.leaves(sown))
+    chex.assert_trees_all_equal(sown, nn.Module.init(plain, jax.random.key(2), x, mutable=True))

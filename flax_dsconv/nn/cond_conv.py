@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from flax_dsconv.nn import initializers
 from flax_dsconv.nn.common import add_residual, bound_kernel_shape, check_nhwc, where
 from flax_dsconv.nn.norm import BatchNormConfig, NormConfig, norm_layer
 from flax_dsconv.nn.registry import BlockConfig, BlockContext, register_block
@@ -22,8 +23,7 @@ from flax_dsconv.ops.condconv import conv_per_example, mix_experts
 from flax_dsconv.ops.padding import PaddingLike, as_pair, check_window_fits, resolve_padding, window_axes
 
 # He-normal over each expert's fan-out, as the library's other convs (the expert axis is a batch axis).
-expert_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1,
-                                                      batch_axis=(0,))  # fmt: skip
+expert_kernel_init = initializers.he_normal_fan_out(batch_axis=(0,))
 
 
 class CondConv(nn.Module):
@@ -66,7 +66,7 @@ class CondConv(nn.Module):
         strides = as_pair(self.strides, "strides")
         kernel = self.param("kernel", self.kernel_init, (self.num_experts, *kernel_size, channels // groups, features),
                             self.param_dtype)  # fmt: skip
-        bias = (self.param("bias", nn.initializers.zeros, (self.num_experts, features), self.param_dtype)
+        bias = (self.param("bias", initializers.zeros, (self.num_experts, features), self.param_dtype)
                 if self.use_bias else None)  # fmt: skip
         x, routing, kernel, bias = promote_dtype(x, routing, kernel, bias, dtype=self.dtype)
         padding = resolve_padding(self.padding, kernel_size, dilation)
@@ -132,7 +132,9 @@ class CondConvResidual(nn.Module):
         norm = norm_layer(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         shortcut = x
         pooled = jnp.mean(x, axis=(1, 2))
-        routing = activation("sigmoid")(nn.Dense(self.num_experts, dtype=self.dtype, name="routing_fn")(pooled))
+        routing_fn = nn.Dense(self.num_experts, dtype=self.dtype, kernel_init=initializers.lecun_normal(),
+                              bias_init=initializers.zeros, name="routing_fn")  # fmt: skip
+        routing = activation("sigmoid")(routing_fn(pooled))
         x = CondConv(self.expand_channels, self.num_experts, dtype=self.dtype, name="conv_pw")(x, routing)
         x = norm(name="bn1", act=self.act)(x)
         x = CondConv(0, self.num_experts, self.kernel_size, self.strides, self.padding, self.dilation, depthwise=True,

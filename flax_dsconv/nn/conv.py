@@ -15,6 +15,7 @@ import numpy as np
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from flax_dsconv.nn import initializers
 from flax_dsconv.nn.common import bound_kernel_shape, check_nhwc, where
 from flax_dsconv.ops.depthwise import depthwise, pad_for_depthwise
 from flax_dsconv.ops.padding import PaddingLike, as_pair, check_window_fits, past_reach, resolve_padding, window_axes
@@ -25,7 +26,7 @@ Array = jax.Array
 Dtype = Any
 
 # torchvision's MobileNet init: He-normal over fan-out for convs.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_kernel_init = initializers.he_normal_fan_out()
 
 
 class DepthwiseConv(nn.Module):
@@ -57,7 +58,7 @@ class DepthwiseConv(nn.Module):
     param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_init: Callable = conv_kernel_init
-    bias_init: Callable = nn.initializers.zeros
+    bias_init: Callable = initializers.zeros
     implementation: str = "auto"
 
     @nn.compact
@@ -98,7 +99,7 @@ class PointwiseConv(nn.Module):
     param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_init: Callable = conv_kernel_init
-    bias_init: Callable = nn.initializers.zeros
+    bias_init: Callable = initializers.zeros
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -292,6 +293,7 @@ def full_conv(
         use_bias=use_bias,
         dtype=dtype,
         kernel_init=conv_kernel_init,
+        bias_init=initializers.zeros,
         name=name,
     )
 

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from flax_dsconv.nn import initializers
+
 
 class LayerScale(nn.Module):
     """``x * gamma`` with one ``gamma`` per channel of the last axis (timm's ``LayerScale2d``, which scales axis 1
@@ -26,6 +28,6 @@ class LayerScale(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],), self.param_dtype)
+        gamma = self.param("gamma", initializers.constant(self.init_value), (x.shape[-1],), self.param_dtype)
         x, gamma = promote_dtype(x, gamma, dtype=self.dtype)
         return x * gamma

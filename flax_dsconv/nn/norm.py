@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from flax_dsconv.nn import initializers
 from flax_dsconv.nn.common import where
 from flax_dsconv.ops.activations import Activation, activation
 from flax_dsconv.ops.batch_norm import batch_count, batch_norm_train, normalise
@@ -158,10 +159,10 @@ class BatchNorm(nn.Module):
     def _normalise(self, x: jax.Array, use_running_average: bool | None) -> jax.Array:
         use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
         features = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", initializers.full, (features,), 0.0, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", initializers.full, (features,), 1.0, jnp.float32)
+        scale = self.param("scale", initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", initializers.zeros, (features,), self.param_dtype)
 
         if use_ra:
             y = normalise(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
@@ -191,8 +192,8 @@ def _affine(module: nn.Module, y: jax.Array, x: jax.Array, dtype: Any) -> jax.Ar
     """``y · scale + bias`` with per-channel params ``scale`` (ones) and ``bias`` (zeros), in ``dtype`` or
     ``x``'s."""
     features = x.shape[-1]
-    scale = module.param("scale", nn.initializers.ones, (features,), jnp.float32)
-    bias = module.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    scale = module.param("scale", initializers.ones, (features,), jnp.float32)
+    bias = module.param("bias", initializers.zeros, (features,), jnp.float32)
     out = jnp.dtype(dtype or x.dtype)
     return y.astype(out) * scale.astype(out) + bias.astype(out)
 
@@ -267,7 +268,7 @@ class EvoNormS0(nn.Module):
         y = x
         if self.act != "identity":
             groups = groups_for(x.shape[-1], self.groups, self.group_size, where(self))
-            v = self.param("v", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+            v = self.param("v", initializers.ones, (x.shape[-1],), jnp.float32)
             xd = x.astype(jnp.dtype(self.dtype or x.dtype))
             y = xd * jax.nn.sigmoid(xd * v.astype(xd.dtype)) / group_std(xd, groups, self.epsilon)
         return _affine(self, y, x, self.dtype)

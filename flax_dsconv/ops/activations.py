@@ -26,10 +26,10 @@ def _sixth(t: jax.Array) -> jax.Array:
 # The activations are lax primitives rather than jax.nn's functions: each of those is a jitted custom_jvp, which
 # costs about a millisecond per call to trace, and a MobileNet traces a few hundred of them on every init and
 # compile. The gradients are jax.nn's and PyTorch's: 0 where the input is exactly at a kink (relu at 0, relu6 at
-# 0 and 6; lax.clamp's), where lax.max would give 0.5.
+# 0 and 6; lax.clamp's), where lax.max would give 0.5. Bounds are scalars, not arrays of x's shape: an array built
+# from a shape alone is a constant that flax_dsconv.nn.initializers.init would evaluate (and compile) eagerly.
 def relu(x: jax.Array) -> jax.Array:
-    zeros = jax.lax.full_like(x, 0)
-    return jax.lax.select(jax.lax.gt(x, zeros), x, zeros)
+    return jax.lax.clamp(jnp.zeros((), x.dtype), x, jnp.full((), jnp.inf, x.dtype))
 
 
 def relu6(x: jax.Array) -> jax.Array:

@@ -13,7 +13,6 @@ import math
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
@@ -35,9 +34,9 @@ def blur_pool(x: Array, stride: int = 2, size: int = BLUR_SIZE) -> Array:
     """NHWC ``x`` blurred per channel by :func:`binomial_filter` and subsampled by ``stride``, zero-padded as
     timm pads."""
     pad = ((stride - 1) + (size - 1)) // 2
-    kernel = jnp.asarray(binomial_filter(size), x.dtype)[:, :, None, None]
-    kernel = jnp.broadcast_to(kernel, (size, size, 1, x.shape[-1]))
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+    # Built in numpy: a constant, never an eager computation per channel count.
+    kernel = np.broadcast_to(binomial_filter(size).astype(x.dtype)[:, :, None, None], (size, size, 1, x.shape[-1]))
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),  # type: ignore[arg-type]
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=x.shape[-1])  # fmt: skip
 
