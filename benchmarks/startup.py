@@ -5,7 +5,8 @@ compilation cache.
 
 Per model: ``model.init(key, ones((1, 224, 224, 3)))`` (Flax's eager ``nn.Module.init`` beside it with
 ``--flax-init``) and ``jax.eval_shape`` of the same; with ``--steps``, the first jitted inference call and the first
-jitted SGD train step on batch 16 (each timed from a fresh process, compile included), for MobileNetV2 by default.
+jitted SGD train step on batch 16 (each timed from a fresh process, compile included; with the ``'shifted'`` and
+the ``'xla'`` depthwise convs, and the size of each lowered program), for MobileNetV2 by default.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ start = time.perf_counter()
 import jax, jax.numpy as jnp, optax
 from flax import linen as nn
 import flax_dsconv
-name, what, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name, what, batch, depthwise = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 imported = time.perf_counter()
-model = flax_dsconv.create_model(name)
+model = flax_dsconv.create_model(name).clone(depthwise=depthwise)
 x = jnp.ones((1, 224, 224, 3))
 jax.block_until_ready(x)
 t = time.perf_counter()
@@ -45,7 +46,9 @@ if what in ("infer", "train"):
     jax.block_until_ready(images)
     t = time.perf_counter()
     if what == "infer":
-        jax.block_until_ready(jax.jit(model.apply)(variables, images))
+        infer = jax.jit(model.apply).lower(variables, images)
+        ops = infer.as_text().count(" = ")
+        jax.block_until_ready(infer.compile()(variables, images))
     else:
         tx = optax.sgd(0.01, momentum=0.9)
 
@@ -59,16 +62,20 @@ if what in ("infer", "train"):
             changes, opt_state = tx.update(grads, opt_state, variables["params"])
             params = optax.apply_updates(variables["params"], changes)
             return {**variables, **updates, "params": params}, opt_state, value
-        jax.block_until_ready(step(variables, tx.init(variables["params"]), images, labels))
+        opt_state = tx.init(variables["params"])
+        lowered = step.lower(variables, opt_state, images, labels)
+        ops = lowered.as_text().count(" = ")
+        jax.block_until_ready(lowered.compile()(variables, opt_state, images, labels))
     seconds = time.perf_counter() - t
-print(json.dumps({"import_s": imported - start, "seconds": seconds}))
+print(json.dumps({"import_s": imported - start, "seconds": seconds, "ops": locals().get("ops")}))
 """
 
 
-def measure(name: str, what: str, batch: int = 16) -> dict:
-    """One fresh process: ``what`` is ``init``, ``flax_init``, ``eval_shape``, ``infer`` or ``train``."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, name, what, str(batch)], capture_output=True, text=True,
-                         check=True)  # fmt: skip
+def measure(name: str, what: str, batch: int = 16, depthwise: str = "auto") -> dict:
+    """One fresh process: ``what`` is ``init``, ``flax_init``, ``eval_shape``, ``infer`` or ``train`` (these two
+    also count the lowered program's StableHLO operations)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, name, what, str(batch), depthwise], capture_output=True,
+                         text=True, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -82,8 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     import jax
 
+    flax_column = " Flax's eager nn.Module.init s (with this library's initializers) |" if args.flax_init else ""
     lines = [f"jax {jax.__version__}, {jax.devices()[0].device_kind}, fresh process per cell, no compilation cache",
-             "", "| model | model.init s | eval_shape(init) s |" + (" Flax's eager nn.Module.init s (with this library's initializers) |" if args.flax_init else ""),
+             "", "| model | model.init s | eval_shape(init) s |" + flax_column,
              "|---|---|---|" + ("---|" if args.flax_init else "")]  # fmt: skip
     for name in args.models:
         row = [measure(name, "init")["seconds"], measure(name, "eval_shape")["seconds"]]
@@ -92,11 +100,14 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{s:.2f}" for s in row) + " |")
         print(lines[-1], flush=True)
     if args.steps is not None:
-        lines += ["", "| model | first inference call s (batch 16) | first train step s (batch 16) |", "|---|---|---|"]
+        lines += ["", "| model | depthwise | first inference call s (StableHLO ops) | first train step s (ops) |",
+                  "|---|---|---|---|"]  # fmt: skip
         for name in args.steps or ["mobilenet_v2"]:
-            infer, train = measure(name, "infer")["seconds"], measure(name, "train")["seconds"]
-            lines.append(f"| {name} | {infer:.2f} | {train:.2f} |")
-            print(lines[-1], flush=True)
+            for depthwise in ("shifted", "xla"):
+                infer, train = measure(name, "infer", depthwise=depthwise), measure(name, "train", depthwise=depthwise)
+                lines.append(f"| {name} | {depthwise} | {infer['seconds']:.2f} ({infer['ops']}) | "
+                             f"{train['seconds']:.2f} ({train['ops']}) |")  # fmt: skip
+                print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -1,4 +1,5 @@
-"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert``, ``predict``, ``train`` and ``bench``."""
+"""``flax-dsconv``: ``parity`` (the main job), ``summary``, ``convert``, ``predict``, ``export``, ``train`` and
+``bench``."""
 
 from __future__ import annotations
 
@@ -143,21 +144,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_model(src: str, arch: str | None = None, source: str | None = None,
+                config: dict[str, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
+    """``(module, variables, pretrained_cfg)`` from a directory ``flax_dsconv.save`` wrote, a hub-layout checkpoint,
+    or a torch checkpoint file (which needs ``arch`` and ``source``)."""
+    from flax_dsconv import from_pretrained, from_torch, load, pretrained_cfg
+
+    if os.path.isfile(os.path.join(src, "variables.msgpack")):  # written by flax-dsconv convert / flax_dsconv.save
+        module, variables = load(src)
+        with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
+            return module, variables, json.load(f).get("pretrained_cfg") or {}
+    if _is_hub(src):
+        module, variables = from_pretrained(src)
+        return module, variables, pretrained_cfg(src)
+    if not (arch and source):
+        raise ValueError(f"{src} is a checkpoint file: name what it holds with --arch and --source (a hub-layout "
+                         "directory or a convert output needs neither)")  # fmt: skip
+    module, variables = from_torch(src, arch=arch, source=source, **(config or {}))
+    return module, variables, {}
+
+
+def _export(args: argparse.Namespace) -> int:
+    from flax_dsconv.export import save_stablehlo
+
+    module, variables, cfg = _read_model(args.src, args.arch, args.source)
+    size = tuple(args.input_size) if args.input_size else tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    out = save_stablehlo(args.out, module, variables, input_size=size, platforms=args.platforms)
+    print(f"wrote {out} (StableHLO, images float32 NHWC (batch, {size[0]}, {size[1]}, 3) for any batch)")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
     from PIL import Image
 
-    from flax_dsconv import data, from_pretrained, load, pretrained_cfg
+    from flax_dsconv import data
 
-    module: Any
-    if _is_hub(args.model) and not os.path.isfile(os.path.join(args.model, "variables.msgpack")):
-        module, variables = from_pretrained(args.model)
-        cfg = pretrained_cfg(args.model)
-    else:  # a directory written by flax-dsconv convert / flax_dsconv.save
-        module, variables = load(args.model)
-        with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f).get("pretrained_cfg") or {}
+    module, variables, cfg = _read_model(args.model)
     if getattr(module, "features_only", True) or not module.config.num_classes:
         raise ValueError(f"{args.model}: a model without classifier has no classes to predict")
     transform = data.eval_transform(cfg)
@@ -262,6 +286,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--model", required=True, help="a hub-layout directory (local-dir:, hf-hub:) or a convert output")
     pr.add_argument("--top", type=_positive, default=5, help="how many classes per image (default 5)")
     pr.set_defaults(func=_predict)
+
+    e = add_parser("export", help="export a model for deployment: a serialized StableHLO inference function")
+    e.add_argument("src", help="a convert output or flax_dsconv.save directory, a hub-layout directory, or a "
+                              "checkpoint file (with --arch and --source)")  # fmt: skip
+    e.add_argument("--format", choices=["stablehlo"], default="stablehlo", help="the file's format")
+    e.add_argument("--out", required=True, help="the file to write (replaced only once the export succeeded)")
+    e.add_argument("--arch", help="for a checkpoint file: what convert's --arch takes")
+    e.add_argument("--source", choices=["torch_ref", "timm", "torchvision"])
+    e.add_argument("--input-size", type=_positive, nargs=2, metavar=("H", "W"),
+                   help="image height and width (default: the checkpoint's pretrained_cfg, else 224 224)")
+    e.add_argument("--platforms", nargs="+", help="backends to lower for, e.g. cpu cuda (default: this machine's)")
+    e.set_defaults(func=_export)
 
     t = add_parser("train", help="train a MobileNet on scikit-learn's digits (resumes from --out)")
     t.add_argument("--out", default="runs/digits", help="checkpoints, history.json and curves.png go here")
