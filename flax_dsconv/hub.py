@@ -27,7 +27,7 @@ from flax import traverse_util
 from flax_dsconv.convert.files import load_state_dict
 from flax_dsconv.convert.load import convert_state_dict
 from flax_dsconv.convert.plan import TO_TORCH, dotted, plan
-from flax_dsconv.models import BUILDERS, MobileNet, create_model, list_models
+from flax_dsconv.models import BUILDERS, MobileNet, MobileNetConfig, create_model, list_models
 from flax_dsconv.models.features import DEFAULT_OUT_INDICES
 from flax_dsconv.models.head import reset_classifier, to_features
 from flax_dsconv.shapes import abstract_variables, listed, misfits
@@ -157,14 +157,18 @@ def from_pretrained(
 
 def timm_arch(module: MobileNet) -> str:
     """The timm name whose network ``module`` is (with its classes and input channels), or a ValueError."""
-    c = module.config
-    ours = dataclasses.replace(c.with_drop_path(0.0), dropout=0.0)
-    matches = [name for name in list_models() if name not in BUILDERS and ours == dataclasses.replace(
-        create_model(name, num_classes=c.num_classes, in_channels=c.in_channels).config, dropout=0.0)]  # fmt: skip
+    matches = [name for name in list_models() if name not in BUILDERS and _builds(name, module.config)]
     if not matches:
         raise ValueError("no timm architecture builds this network; a hub checkpoint names one (pass arch=, a name "
                          "from flax_dsconv.list_models() whose network this is)")  # fmt: skip
     return matches[0]
+
+
+def _builds(arch: str, config: MobileNetConfig) -> bool:
+    """Whether timm's ``arch`` with ``config``'s classes and input channels is ``config``'s network (dropout and
+    drop path are training settings, not part of it)."""
+    theirs = create_model(arch, num_classes=config.num_classes, in_channels=config.in_channels).config
+    return dataclasses.replace(theirs, dropout=0.0) == dataclasses.replace(config.with_drop_path(0.0), dropout=0.0)
 
 
 def hub_files(module: nn.Module, variables: Mapping[str, Any], arch: str | None = None,
@@ -180,11 +184,9 @@ def hub_files(module: nn.Module, variables: Mapping[str, Any], arch: str | None 
         arch = timm_arch(module)
     elif arch not in list_models() or arch in BUILDERS:
         raise ValueError(f"arch {arch!r} is not a timm name this library builds (flax_dsconv.list_models())")
-    else:
-        theirs = create_model(arch, num_classes=c.num_classes, in_channels=c.in_channels).config
-        if dataclasses.replace(theirs, dropout=0.0) != dataclasses.replace(c.with_drop_path(0.0), dropout=0.0):
-            raise ValueError(f"arch {arch!r}: timm's {arch} with {c.num_classes} classes and {c.in_channels} input "
-                             "channels is another network than this module")  # fmt: skip
+    elif not _builds(arch, c):
+        raise ValueError(f"arch {arch!r}: timm's {arch} with {c.num_classes} classes and {c.in_channels} input "
+                         "channels is another network than this module")  # fmt: skip
     state = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     abstract = abstract_variables(module, c.in_channels)
     problems = misfits(abstract, state)

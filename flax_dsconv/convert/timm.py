@@ -405,9 +405,7 @@ class TimmReader:
     def describe(self, model: Any) -> Described:
         config, claimed = _config(model)
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        module = MobileNet(config)
-        if type(model).__name__ in FEATURE_CLASSES:
-            module = _features_module(model, config)
+        module = _features_module(model, config) if type(model).__name__ in FEATURE_CLASSES else MobileNet(config)
         return Described(arch, self.source, module, config.in_channels, dotted, claimed)
 
     def skeleton(self, arch: str | None, state_dict: StateDict, config: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ those of the map at that point.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -75,21 +75,18 @@ class FeatureInfo:
     out_indices: tuple[int, ...]
 
     def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
-        if idx is None:
-            return [self.info[i][key] for i in self.out_indices]
-        if isinstance(idx, int):
-            return self.info[idx][key]
-        return [self.info[i][key] for i in idx]
+        return self._at(idx, lambda i: self.info[i][key])
 
     def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
-        def pick(i: int) -> dict[str, Any]:
-            return dict(self.info[i]) if keys is None else {k: self.info[i][k] for k in keys}
+        return self._at(idx, lambda i: dict(self.info[i]) if keys is None else {k: self.info[i][k] for k in keys})
 
+    def _at(self, idx: int | Sequence[int] | None, value: Callable[[int], Any]) -> Any:
+        """``value`` of each returned level (``idx`` None), of level ``idx``, or of each level in ``idx``."""
         if idx is None:
-            return [pick(i) for i in self.out_indices]
+            return [value(i) for i in self.out_indices]
         if isinstance(idx, int):
-            return pick(idx)
-        return [pick(i) for i in idx]
+            return value(idx)
+        return [value(i) for i in idx]
 
     def channels(self, idx: int | Sequence[int] | None = None) -> Any:
         return self.get("num_chs", idx)
